@@ -1,0 +1,88 @@
+-- Accounts, sessions, depots, the cylinder registry and its history.
+
+CREATE TABLE users (
+    id            UUID PRIMARY KEY,
+    username      TEXT NOT NULL UNIQUE,
+    full_name     TEXT NOT NULL DEFAULT '',
+    email         TEXT,
+    phone         TEXT,
+    role          TEXT NOT NULL CHECK (role IN ('CUSTOMER', 'DRIVER', 'DISPATCHER', 'ADMIN')),
+    password_hash TEXT NOT NULL,
+    is_active     BOOLEAN NOT NULL DEFAULT TRUE,
+    created_at    TIMESTAMPTZ NOT NULL,
+    updated_at    TIMESTAMPTZ NOT NULL
+);
+
+CREATE INDEX users_role ON users (role, username);
+
+-- One row per refresh token. A family is the chain of rotations that
+-- started at one login; reuse of a spent token revokes the family.
+CREATE TABLE refresh_tokens (
+    id         UUID PRIMARY KEY,
+    family_id  UUID NOT NULL,
+    user_id    UUID NOT NULL REFERENCES users (id),
+    issued_at  TIMESTAMPTZ NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL,
+    used_at    TIMESTAMPTZ,
+    revoked_at TIMESTAMPTZ
+);
+
+CREATE INDEX refresh_tokens_family ON refresh_tokens (family_id);
+CREATE INDEX refresh_tokens_user ON refresh_tokens (user_id) WHERE revoked_at IS NULL;
+
+CREATE TABLE depots (
+    id         UUID PRIMARY KEY,
+    name       TEXT NOT NULL UNIQUE,
+    town       TEXT NOT NULL,
+    latitude   DOUBLE PRECISION NOT NULL CHECK (latitude BETWEEN -90 AND 90),
+    longitude  DOUBLE PRECISION NOT NULL CHECK (longitude BETWEEN -180 AND 180),
+    created_at TIMESTAMPTZ NOT NULL
+);
+
+CREATE TABLE cylinders (
+    id               UUID PRIMARY KEY,
+    serial_number    TEXT NOT NULL UNIQUE,
+    brand            TEXT NOT NULL,
+    capacity_kg      DOUBLE PRECISION NOT NULL CHECK (capacity_kg > 0),
+    qr_code          TEXT NOT NULL UNIQUE,
+    rfid_tag         TEXT NOT NULL UNIQUE,
+    secret_key       BYTEA NOT NULL,
+    auth_hash        TEXT NOT NULL,
+    status           TEXT NOT NULL CHECK (status IN ('IN_STOCK', 'FILLED', 'IN_TRANSIT', 'DELIVERED',
+                                                     'RETURNED', 'MAINTENANCE', 'LOST', 'RETIRED')),
+    is_tampered      BOOLEAN NOT NULL DEFAULT FALSE,
+    tamper_notes     TEXT NOT NULL DEFAULT '',
+    manufacture_date DATE NOT NULL,
+    expiry_date      DATE NOT NULL,
+    depot_id         UUID REFERENCES depots (id),
+    customer_id      UUID REFERENCES users (id),
+    driver_id        UUID REFERENCES users (id),
+    created_by       UUID REFERENCES users (id),
+    created_at       TIMESTAMPTZ NOT NULL,
+    updated_at       TIMESTAMPTZ NOT NULL
+);
+
+-- The list is ordered by serial number; the filters that staff use most
+-- (tampered, expired, by status, by holder) each have an index.
+CREATE INDEX cylinders_status ON cylinders (status, serial_number);
+CREATE INDEX cylinders_tampered ON cylinders (serial_number) WHERE is_tampered;
+CREATE INDEX cylinders_expiry ON cylinders (expiry_date);
+CREATE INDEX cylinders_customer ON cylinders (customer_id, serial_number) WHERE customer_id IS NOT NULL;
+CREATE INDEX cylinders_driver ON cylinders (driver_id, serial_number) WHERE driver_id IS NOT NULL;
+CREATE INDEX cylinders_depot ON cylinders (depot_id, serial_number) WHERE depot_id IS NOT NULL;
+
+-- Every change to a cylinder, numbered per cylinder from 1.
+CREATE TABLE cylinder_history (
+    id          UUID PRIMARY KEY,
+    cylinder_id UUID NOT NULL REFERENCES cylinders (id),
+    sequence    BIGINT NOT NULL,
+    event_type  TEXT NOT NULL,
+    actor_id    UUID REFERENCES users (id),
+    actor_role  TEXT,
+    from_status TEXT,
+    to_status   TEXT,
+    notes       TEXT NOT NULL DEFAULT '',
+    details     JSONB NOT NULL DEFAULT '{}',
+    created_at  TIMESTAMPTZ NOT NULL,
+    UNIQUE (cylinder_id, sequence)
+);

@@ -1,0 +1,111 @@
+//! Start-up: connect and migrate the database, build the application state
+//! and serve HTTP until a shutdown signal.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::auth::password;
+use crate::auth::tokens::TokenService;
+use crate::config::{Config, DatabaseTarget};
+use crate::domain::codes::fill_random;
+use crate::http::{self, AppState};
+use crate::storage::{self, Store};
+
+/// Connects to the configured database and applies migrations.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let description = match &config.database {
+        DatabaseTarget::Sqlite { path } => format!("SQLite database {}", path.display()),
+        DatabaseTarget::Postgres { .. } => "PostgreSQL database from DATABASE_URL".to_string(),
+    };
+    let store = storage::connect(&config.database)
+        .await
+        .with_context(|| format!("cannot open the {description}"))?;
+    store
+        .migrate()
+        .await
+        .with_context(|| format!("cannot apply migrations to the {description}"))?;
+    tracing::info!(database = %description, "database ready");
+    Ok(store)
+}
+
+/// Builds the state that handlers share.
+pub async fn build_state(config: Config, store: Arc<dyn Store>) -> anyhow::Result<AppState> {
+    let tokens = TokenService::new(&config.jwt).context("cannot load the JWT keys")?;
+
+    let mut decoy = [0u8; 24];
+    fill_random(&mut decoy)?;
+    let decoy_plain = hex::encode(decoy);
+    let decoy_password_hash =
+        tokio::task::spawn_blocking(move || password::hash_blocking(&decoy_plain))
+            .await?
+            .context("cannot compute the decoy password hash")?;
+
+    Ok(AppState {
+        config: Arc::new(config),
+        store,
+        tokens: Arc::new(tokens),
+        decoy_password_hash: decoy_password_hash.into(),
+    })
+}
+
+/// Binds `addr` and returns the listener with the address actually bound,
+/// so that callers may ask for port 0.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}; set LISTEN_ADDR to a free address"))?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+/// Serves until `shutdown` completes, then lets in-flight requests finish
+/// and closes the database pool.
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = state.store.clone();
+    let router = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("the HTTP server failed")?;
+    store.close().await;
+    tracing::info!("server stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(error = %error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+
+    tokio::select! {
+        () = interrupt => tracing::info!("received Ctrl-C; shutting down"),
+        () = terminate => tracing::info!("received SIGTERM; shutting down"),
+    }
+}

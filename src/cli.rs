@@ -1,0 +1,197 @@
+//! The command line: `serve`, `migrate`, `user create` and `demo`.
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::app;
+use crate::config::{self, Config};
+use crate::domain::Role;
+use crate::domain::user::NewUser;
+use crate::domain::value::{Email, FullName, Password, Phone, Username};
+use crate::telemetry;
+
+/// Tracks LPG gas cylinders and catches counterfeit and cloned labels.
+///
+/// Configuration comes from environment variables and an optional .env file
+/// in the working directory; see the README for the full list.
+#[derive(Debug, Parser)]
+#[command(name = "cyltrack", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the HTTP server on LISTEN_ADDR (127.0.0.1:8000 by default).
+    ///
+    /// Applies pending migrations first. SIGINT or SIGTERM stops it after
+    /// in-flight requests finish.
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Manage user accounts.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Start a demo server with a sample fleet on a fresh SQLite database.
+    ///
+    /// Creates depots around Nairobi and Mombasa, staff, drivers, customers
+    /// and a few hundred cylinders, then prints the URL and the logins.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create an account, for example the first admin.
+    ///
+    /// The password is read from the first line of standard input:
+    /// `printf '%s\n' "$PASSWORD" | cyltrack user create --username admin --role admin --password-stdin`
+    Create(CreateUserArgs),
+}
+
+#[derive(Debug, Args)]
+struct CreateUserArgs {
+    /// Login name: 3 to 150 characters of a-z, 0-9 and . _ - @ +.
+    #[arg(long)]
+    username: String,
+    /// One of customer, driver, dispatcher, admin.
+    #[arg(long, value_parser = parse_role)]
+    role: Role,
+    /// Display name.
+    #[arg(long, default_value = "")]
+    full_name: String,
+    /// E-mail address.
+    #[arg(long)]
+    email: Option<String>,
+    /// Phone number, such as +254712345678 or 0712345678.
+    #[arg(long)]
+    phone: Option<String>,
+    /// Read the password from the first line of standard input. Required,
+    /// so that the password never appears in the process list or history.
+    #[arg(long, required = true)]
+    password_stdin: bool,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Folder for the demo database and secrets. It must not already hold a
+    /// cyltrack.db. By default a new temporary folder is created and kept.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    listen: SocketAddr,
+    /// Number of cylinders in the demo fleet.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..=20_000))]
+    cylinders: u32,
+}
+
+fn parse_role(text: &str) -> Result<Role, String> {
+    Role::parse(text)
+        .ok_or_else(|| format!("'{text}' is not a role; use customer, driver, dispatcher or admin"))
+}
+
+/// Runs a parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve => serve().await,
+        Command::Migrate => migrate().await,
+        Command::User(UserCommand::Create(args)) => create_user(args).await,
+        Command::Demo(args) => crate::demo::run(args.dir, args.listen, args.cylinders).await,
+    }
+}
+
+/// Loads the configuration, installs logging and reports generated secrets.
+pub fn load_config(variables: &config::Variables) -> anyhow::Result<Config> {
+    let (config, generated) = config::load(variables)?;
+    telemetry::init(config.log_format);
+    if !generated.is_empty() {
+        tracing::warn!(
+            secrets = ?generated,
+            file = %variables.get("SECRETS_FILE").map(String::as_str).unwrap_or("cyltrack-secrets.env"),
+            "generated missing secrets and saved them to the secrets file (mode 0600); \
+             every instance must share them, so set them explicitly when you run more than one"
+        );
+    }
+    if config.debug {
+        tracing::warn!("DEBUG is on: weak secrets are accepted; never run production this way");
+    }
+    Ok(config)
+}
+
+async fn serve() -> anyhow::Result<()> {
+    let config = load_config(&config::process_variables()?)?;
+    let store = app::open_store(&config).await?;
+    let listen_addr = config.listen_addr;
+    let state = app::build_state(config, store).await?;
+    let (listener, bound) = app::bind(listen_addr).await?;
+    tracing::info!(address = %bound, "listening");
+    app::serve(state, listener, app::shutdown_signal()).await
+}
+
+async fn migrate() -> anyhow::Result<()> {
+    let config = load_config(&config::process_variables()?)?;
+    let store = app::open_store(&config).await?;
+    store.close().await;
+    println!("migrations applied");
+    Ok(())
+}
+
+async fn create_user(args: CreateUserArgs) -> anyhow::Result<()> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the password from standard input")?;
+    let plain = line.trim_end_matches(['\r', '\n']).to_string();
+
+    let new_user = NewUser {
+        username: Username::parse("--username", &args.username)?,
+        full_name: FullName::parse("--full-name", &args.full_name)?,
+        email: args
+            .email
+            .as_deref()
+            .map(|email| Email::parse("--email", email))
+            .transpose()?,
+        phone: args
+            .phone
+            .as_deref()
+            .map(|phone| Phone::parse("--phone", phone))
+            .transpose()?,
+        role: args.role,
+        password: Password::parse("the password on standard input", plain)?,
+    };
+
+    let config = load_config(&config::process_variables()?)?;
+    let store = app::open_store(&config).await?;
+    let created = crate::auth::create_account(store.as_ref(), new_user).await;
+    store.close().await;
+    let user = created?;
+    println!("created {} {} ({})", user.role, user.username, user.id);
+    Ok(())
+}

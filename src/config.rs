@@ -1,0 +1,805 @@
+//! Typed configuration, read once at start-up from the environment and an
+//! optional `.env` file. The variable names match those that deployments of
+//! the earlier Django version of this system already set.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::domain::codes::{fill_random, keyed_mac};
+use crate::domain::value::Email;
+
+/// Secrets that example configurations publish. A deployment that copied
+/// one of them has no secret at all, so they are rejected when `DEBUG` is off.
+const PLACEHOLDER_SECRETS: &[&str] = &[
+    "your-super-secret-key-here-change-in-production",
+    "different-secret-key-for-jwt",
+    "change-me",
+    "changeme",
+    "secret",
+    "your-secret-key",
+];
+
+/// The shortest secret accepted when `DEBUG` is off, in bytes.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Default file that keeps generated secrets, relative to the working
+/// directory.
+const DEFAULT_SECRETS_FILE: &str = "cyltrack-secrets.env";
+
+/// The database a deployment uses.
+#[derive(Debug, Clone)]
+pub enum DatabaseTarget {
+    /// An embedded SQLite database file, for a single depot.
+    Sqlite { path: PathBuf },
+    /// A PostgreSQL server, for several instances behind a load balancer.
+    /// The URL may hold a password, so it is kept secret.
+    Postgres { url: SecretString },
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// One key that signs or verifies JSON Web Tokens.
+#[derive(Clone)]
+pub struct JwtKey {
+    /// The `kid` header value: derived from the secret, so that the same
+    /// secret always has the same id and the id reveals nothing of it.
+    pub id: String,
+    pub secret: SecretString,
+}
+
+impl fmt::Debug for JwtKey {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("JwtKey")
+            .field("id", &self.id)
+            .field("secret", &"[redacted]")
+            .finish()
+    }
+}
+
+impl JwtKey {
+    fn new(secret: SecretString) -> Self {
+        use hmac::Mac;
+        let mut mac = keyed_mac(secret.expose_secret().as_bytes());
+        mac.update(b"cyltrack JWT key id");
+        let id = hex::encode(&mac.finalize().into_bytes()[..8]);
+        Self { id, secret }
+    }
+}
+
+/// Settings of the JSON Web Tokens that the API issues.
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    /// The only algorithm accepted; every other one, `none` included, is
+    /// rejected.
+    pub algorithm: jsonwebtoken::Algorithm,
+    /// Signs new tokens.
+    pub current: JwtKey,
+    /// Still verify tokens signed before a key rotation.
+    pub previous: Vec<JwtKey>,
+    pub access_lifetime: Duration,
+    pub refresh_lifetime: Duration,
+}
+
+/// The whole configuration of a cyltrack process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub debug: bool,
+    /// Keys the HMACs that bind a cylinder's codes to its secret.
+    pub secret_key: SecretString,
+    pub allowed_hosts: Vec<String>,
+    pub database: DatabaseTarget,
+    pub jwt: JwtConfig,
+    /// Scans per user per hour.
+    pub scan_rate_limit: u32,
+    /// API calls per user per hour.
+    pub api_rate_limit: u32,
+    pub security_email: Option<Email>,
+    pub security_webhook_url: Option<String>,
+    pub listen_addr: SocketAddr,
+    pub log_format: LogFormat,
+}
+
+/// A configuration value that stops start-up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{variable}: {problem}. Fix: {fix}")]
+pub struct ConfigError {
+    pub variable: String,
+    pub problem: String,
+    pub fix: String,
+}
+
+impl ConfigError {
+    fn new(variable: &str, problem: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self {
+            variable: variable.to_string(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+/// The variables a configuration is read from.
+pub type Variables = BTreeMap<String, String>;
+
+/// Reads the process environment over the variables of `.env` in the
+/// working directory, if that file exists. Process variables win.
+pub fn process_variables() -> Result<Variables, ConfigError> {
+    let mut variables = Variables::new();
+    match dotenvy::from_path_iter(".env") {
+        Ok(entries) => {
+            for entry in entries {
+                let (key, value) = entry.map_err(|error| {
+                    ConfigError::new(
+                        ".env",
+                        format!("cannot be parsed: {error}"),
+                        "write one KEY=value per line",
+                    )
+                })?;
+                variables.insert(key, value);
+            }
+        }
+        Err(error) if error.not_found() => {}
+        Err(error) => {
+            return Err(ConfigError::new(
+                ".env",
+                format!("cannot be read: {error}"),
+                "check the file's permissions",
+            ));
+        }
+    }
+    variables.extend(std::env::vars());
+    Ok(variables)
+}
+
+/// Reads the configuration from `variables`. Secrets that are not set are
+/// generated and kept in the secrets file; `generated` lists their names.
+pub fn load(variables: &Variables) -> Result<(Config, Vec<&'static str>), ConfigError> {
+    let reader = Reader { variables };
+
+    let debug = reader.boolean("DEBUG", false)?;
+    let secrets_path = PathBuf::from(reader.text("SECRETS_FILE").unwrap_or(DEFAULT_SECRETS_FILE));
+    let mut store = SecretsFile::open(&secrets_path)?;
+
+    let secret_key = reader.secret("SECRET_KEY", debug, &mut store)?;
+    let jwt_secret = reader.secret("JWT_SECRET_KEY", debug, &mut store)?;
+    if !debug && secret_key.expose_secret() == jwt_secret.expose_secret() {
+        return Err(ConfigError::new(
+            "JWT_SECRET_KEY",
+            "is the same as SECRET_KEY",
+            "give each its own random value, for example from `openssl rand -base64 48`",
+        ));
+    }
+    store.save()?;
+
+    let config = Config {
+        debug,
+        secret_key,
+        allowed_hosts: reader.list("ALLOWED_HOSTS"),
+        database: reader.database()?,
+        jwt: JwtConfig {
+            algorithm: reader.jwt_algorithm()?,
+            current: JwtKey::new(jwt_secret),
+            previous: reader.previous_jwt_keys(debug)?,
+            access_lifetime: reader.seconds("JWT_ACCESS_TOKEN_LIFETIME", 3600, 60, 86_400)?,
+            refresh_lifetime: reader.seconds(
+                "JWT_REFRESH_TOKEN_LIFETIME",
+                604_800,
+                300,
+                7_776_000,
+            )?,
+        },
+        scan_rate_limit: reader.positive("SCAN_RATE_LIMIT", 100)?,
+        api_rate_limit: reader.positive("API_RATE_LIMIT", 1000)?,
+        security_email: reader.email("SECURITY_EMAIL")?,
+        security_webhook_url: reader.webhook_url("SECURITY_WEBHOOK_URL")?,
+        listen_addr: reader.socket_addr("LISTEN_ADDR", "127.0.0.1:8000")?,
+        log_format: reader.log_format()?,
+    };
+    if config.jwt.refresh_lifetime <= config.jwt.access_lifetime {
+        return Err(ConfigError::new(
+            "JWT_REFRESH_TOKEN_LIFETIME",
+            "must be longer than JWT_ACCESS_TOKEN_LIFETIME",
+            "set it to several times the access token lifetime, for example 604800 (7 days)",
+        ));
+    }
+    Ok((config, store.generated))
+}
+
+struct Reader<'a> {
+    variables: &'a Variables,
+}
+
+impl Reader<'_> {
+    /// The value of `name`, trimmed; unset and empty are the same.
+    fn text(&self, name: &str) -> Option<&str> {
+        self.variables
+            .get(name)
+            .map(|value| value.trim())
+            .filter(|value| !value.is_empty())
+    }
+
+    fn boolean(&self, name: &str, default: bool) -> Result<bool, ConfigError> {
+        let Some(value) = self.text(name) else {
+            return Ok(default);
+        };
+        match value.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            _ => Err(ConfigError::new(
+                name,
+                format!("'{value}' is not a boolean"),
+                "use true or false",
+            )),
+        }
+    }
+
+    fn list(&self, name: &str) -> Vec<String> {
+        self.text(name)
+            .map(|value| {
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|item| !item.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn positive(&self, name: &str, default: u32) -> Result<u32, ConfigError> {
+        let Some(value) = self.text(name) else {
+            return Ok(default);
+        };
+        match value.parse::<u32>() {
+            Ok(number) if number > 0 => Ok(number),
+            _ => Err(ConfigError::new(
+                name,
+                format!("'{value}' is not a positive whole number"),
+                format!("use a number such as {default}"),
+            )),
+        }
+    }
+
+    fn seconds(
+        &self,
+        name: &str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<Duration, ConfigError> {
+        let Some(value) = self.text(name) else {
+            return Ok(Duration::from_secs(default));
+        };
+        match value.parse::<u64>() {
+            Ok(seconds) if (min..=max).contains(&seconds) => Ok(Duration::from_secs(seconds)),
+            _ => Err(ConfigError::new(
+                name,
+                format!("'{value}' is not a number of seconds from {min} to {max}"),
+                format!("use whole seconds, for example {default}"),
+            )),
+        }
+    }
+
+    fn socket_addr(&self, name: &str, default: &str) -> Result<SocketAddr, ConfigError> {
+        let value = self.text(name).unwrap_or(default);
+        value.parse().map_err(|_| {
+            ConfigError::new(
+                name,
+                format!("'{value}' is not an IP address and port"),
+                "use the form 127.0.0.1:8000 or [::1]:8000",
+            )
+        })
+    }
+
+    fn email(&self, name: &str) -> Result<Option<Email>, ConfigError> {
+        let Some(value) = self.text(name) else {
+            return Ok(None);
+        };
+        let email = Email::parse("address", value).map_err(|error| {
+            ConfigError::new(
+                name,
+                format!("'{value}': {error}"),
+                "use an address such as security@example.co.ke",
+            )
+        })?;
+        if email.as_str().ends_with("@yourdomain.com") {
+            return Err(ConfigError::new(
+                name,
+                "is the example address from the documentation",
+                "set the security team's real address",
+            ));
+        }
+        Ok(Some(email))
+    }
+
+    fn webhook_url(&self, name: &str) -> Result<Option<String>, ConfigError> {
+        let Some(value) = self.text(name) else {
+            return Ok(None);
+        };
+        let host = value
+            .strip_prefix("https://")
+            .or_else(|| value.strip_prefix("http://"))
+            .and_then(|rest| rest.split(['/', '?', '#']).next())
+            .filter(|host| !host.is_empty());
+        if host.is_none() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ConfigError::new(
+                name,
+                format!("'{value}' is not an http or https URL"),
+                "use a URL such as https://hooks.example.com/cyltrack",
+            ));
+        }
+        if value.contains("/your-webhook") {
+            return Err(ConfigError::new(
+                name,
+                "is the example URL from the documentation",
+                "set the URL your chat or alerting tool gave you",
+            ));
+        }
+        Ok(Some(value.to_string()))
+    }
+
+    fn database(&self) -> Result<DatabaseTarget, ConfigError> {
+        let Some(value) = self.text("DATABASE_URL") else {
+            return Ok(DatabaseTarget::Sqlite {
+                path: PathBuf::from("cyltrack.db"),
+            });
+        };
+        if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+            return Ok(DatabaseTarget::Postgres {
+                url: SecretString::from(value.to_string()),
+            });
+        }
+        let path = value
+            .strip_prefix("sqlite://")
+            .or_else(|| value.strip_prefix("sqlite:"))
+            .map(|rest| rest.split('?').next().unwrap_or(rest))
+            .filter(|path| !path.is_empty());
+        match path {
+            Some(path) => Ok(DatabaseTarget::Sqlite {
+                path: PathBuf::from(path),
+            }),
+            None => Err(ConfigError::new(
+                "DATABASE_URL",
+                "is neither a postgres:// nor a sqlite:// URL",
+                "use postgres://user@host:5432/cyltrack, sqlite://path/to/cyltrack.db, or unset it for cyltrack.db in the working directory",
+            )),
+        }
+    }
+
+    fn jwt_algorithm(&self) -> Result<jsonwebtoken::Algorithm, ConfigError> {
+        use jsonwebtoken::Algorithm;
+        match self.text("JWT_ALGORITHM").unwrap_or("HS256") {
+            "HS256" => Ok(Algorithm::HS256),
+            "HS384" => Ok(Algorithm::HS384),
+            "HS512" => Ok(Algorithm::HS512),
+            other => Err(ConfigError::new(
+                "JWT_ALGORITHM",
+                format!("'{other}' is not supported"),
+                "use HS256, HS384 or HS512",
+            )),
+        }
+    }
+
+    fn previous_jwt_keys(&self, debug: bool) -> Result<Vec<JwtKey>, ConfigError> {
+        let mut keys = Vec::new();
+        for secret in self.list("JWT_PREVIOUS_SECRET_KEYS") {
+            check_secret_strength("JWT_PREVIOUS_SECRET_KEYS", &secret, debug)?;
+            keys.push(JwtKey::new(SecretString::from(secret)));
+        }
+        Ok(keys)
+    }
+
+    fn log_format(&self) -> Result<LogFormat, ConfigError> {
+        match self
+            .text("LOG_FORMAT")
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("text") => Ok(LogFormat::Text),
+            Some("json") => Ok(LogFormat::Json),
+            Some(other) => Err(ConfigError::new(
+                "LOG_FORMAT",
+                format!("'{other}' is not a log format"),
+                "use text or json",
+            )),
+        }
+    }
+
+    /// Reads the secret `name`, or takes it from the secrets file, or
+    /// generates it there when neither has it.
+    fn secret(
+        &self,
+        name: &'static str,
+        debug: bool,
+        store: &mut SecretsFile,
+    ) -> Result<SecretString, ConfigError> {
+        let value = match self.text(name) {
+            Some(value) => value.to_string(),
+            None => store.get_or_generate(name)?,
+        };
+        check_secret_strength(name, &value, debug)?;
+        Ok(SecretString::from(value))
+    }
+}
+
+/// Rejects placeholders and, when `debug` is off, secrets shorter than
+/// [`MIN_SECRET_BYTES`].
+fn check_secret_strength(name: &str, value: &str, debug: bool) -> Result<(), ConfigError> {
+    let fix = "generate a random value, for example with `openssl rand -base64 48`, or unset it to have cyltrack generate one";
+    let placeholder = PLACEHOLDER_SECRETS
+        .iter()
+        .any(|known| known.eq_ignore_ascii_case(value))
+        || value.starts_with("django-insecure-");
+    if placeholder && !debug {
+        return Err(ConfigError::new(
+            name,
+            "is a published example value, not a secret",
+            fix,
+        ));
+    }
+    if value.len() < MIN_SECRET_BYTES && !debug {
+        return Err(ConfigError::new(
+            name,
+            format!(
+                "is {} bytes long; at least {MIN_SECRET_BYTES} are required when DEBUG is off",
+                value.len()
+            ),
+            fix,
+        ));
+    }
+    Ok(())
+}
+
+/// The file that keeps secrets cyltrack generated, one `NAME=value` per
+/// line, readable by its owner only.
+struct SecretsFile {
+    path: PathBuf,
+    values: BTreeMap<String, String>,
+    generated: Vec<&'static str>,
+}
+
+impl SecretsFile {
+    fn open(path: &Path) -> Result<Self, ConfigError> {
+        let mut values = BTreeMap::new();
+        if path.exists() {
+            check_owner_only(path)?;
+            let entries =
+                dotenvy::from_path_iter(path).map_err(|error| secrets_file_error(path, &error))?;
+            for entry in entries {
+                let (key, value) = entry.map_err(|error| secrets_file_error(path, &error))?;
+                values.insert(key, value);
+            }
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            values,
+            generated: Vec::new(),
+        })
+    }
+
+    fn get_or_generate(&mut self, name: &'static str) -> Result<String, ConfigError> {
+        if let Some(value) = self.values.get(name) {
+            return Ok(value.clone());
+        }
+        let mut bytes = [0u8; 48];
+        fill_random(&mut bytes).map_err(|error| {
+            ConfigError::new(name, error.to_string(), "set the variable yourself")
+        })?;
+        let value = hex::encode(bytes);
+        self.values.insert(name.to_string(), value.clone());
+        self.generated.push(name);
+        Ok(value)
+    }
+
+    /// Writes the file when a secret was generated, creating it with mode
+    /// 0600 so that no other user can read it at any point.
+    fn save(&self) -> Result<(), ConfigError> {
+        if self.generated.is_empty() {
+            return Ok(());
+        }
+        let mut text = String::from(
+            "# Secrets generated by cyltrack. Keep this file private and back it up.\n",
+        );
+        for (key, value) in &self.values {
+            text.push_str(&format!("{key}={value}\n"));
+        }
+        write_owner_only(&self.path, text.as_bytes()).map_err(|error| {
+            ConfigError::new(
+                "SECRETS_FILE",
+                format!("{} cannot be written: {error}", self.path.display()),
+                "point SECRETS_FILE at a writable path, or set SECRET_KEY and JWT_SECRET_KEY",
+            )
+        })
+    }
+}
+
+fn secrets_file_error(path: &Path, error: &dotenvy::Error) -> ConfigError {
+    ConfigError::new(
+        "SECRETS_FILE",
+        format!("{} cannot be read: {error}", path.display()),
+        "fix or remove the file; removing it generates new secrets and logs everyone out",
+    )
+}
+
+#[cfg(unix)]
+fn check_owner_only(path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|error| {
+            ConfigError::new(
+                "SECRETS_FILE",
+                format!("{} cannot be read: {error}", path.display()),
+                "check the path",
+            )
+        })?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(ConfigError::new(
+            "SECRETS_FILE",
+            format!(
+                "{} can be read by other users (mode {:o})",
+                path.display(),
+                mode & 0o777
+            ),
+            format!("run `chmod 600 {}`", path.display()),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_owner_only(_path: &Path) -> Result<(), ConfigError> {
+    Ok(())
+}
+
+#[cfg(unix)]
+fn write_owner_only(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+#[cfg(not(unix))]
+fn write_owner_only(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, contents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn variables(dir: &Path, pairs: &[(&str, &str)]) -> Variables {
+        let mut map = Variables::new();
+        map.insert(
+            "SECRETS_FILE".into(),
+            dir.join("secrets.env").display().to_string(),
+        );
+        for (key, value) in pairs {
+            map.insert((*key).into(), (*value).into());
+        }
+        map
+    }
+
+    fn strong(tag: char) -> String {
+        tag.to_string().repeat(40)
+    }
+
+    fn temp_dir() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap_or_else(|error| unreachable!("temp dir: {error}"))
+    }
+
+    #[test]
+    fn defaults_generate_secrets_once() {
+        let dir = temp_dir();
+        let vars = variables(dir.path(), &[]);
+        let (first, generated) = load(&vars)
+            .map_err(|e| e.to_string())
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(generated, vec!["SECRET_KEY", "JWT_SECRET_KEY"]);
+        assert_eq!(first.listen_addr.to_string(), "127.0.0.1:8000");
+        assert_eq!(first.jwt.access_lifetime, Duration::from_secs(3600));
+        assert_eq!(first.jwt.refresh_lifetime, Duration::from_secs(604_800));
+        assert!(matches!(first.database, DatabaseTarget::Sqlite { .. }));
+
+        let (second, generated) = load(&vars)
+            .map_err(|e| e.to_string())
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(generated.is_empty());
+        assert_eq!(
+            first.secret_key.expose_secret(),
+            second.secret_key.expose_secret()
+        );
+        assert_eq!(first.jwt.current.id, second.jwt.current.id);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn secrets_file_is_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir();
+        let vars = variables(dir.path(), &[]);
+        assert!(load(&vars).is_ok());
+        let path = dir.path().join("secrets.env");
+        let mode = std::fs::metadata(&path)
+            .map(|m| m.permissions().mode() & 0o777)
+            .ok();
+        assert_eq!(mode, Some(0o600));
+
+        let widened = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644));
+        assert!(widened.is_ok());
+        let error = load(&vars).err().map(|e| e.variable);
+        assert_eq!(error.as_deref(), Some("SECRETS_FILE"));
+    }
+
+    #[test]
+    fn placeholder_secret_rejected_without_debug() {
+        let dir = temp_dir();
+        let jwt = strong('j');
+        let vars = variables(
+            dir.path(),
+            &[
+                (
+                    "SECRET_KEY",
+                    "your-super-secret-key-here-change-in-production",
+                ),
+                ("JWT_SECRET_KEY", &jwt),
+            ],
+        );
+        let error = load(&vars).err();
+        assert_eq!(
+            error.as_ref().map(|e| e.variable.as_str()),
+            Some("SECRET_KEY")
+        );
+        assert!(
+            error
+                .map(|e| e.problem)
+                .unwrap_or_default()
+                .contains("example")
+        );
+    }
+
+    #[test]
+    fn short_secret_rejected_without_debug() {
+        let dir = temp_dir();
+        let secret = strong('s');
+        let vars = variables(
+            dir.path(),
+            &[("SECRET_KEY", &secret), ("JWT_SECRET_KEY", "short")],
+        );
+        let error = load(&vars).err();
+        assert_eq!(
+            error.as_ref().map(|e| e.variable.as_str()),
+            Some("JWT_SECRET_KEY")
+        );
+
+        let debug_vars = variables(
+            dir.path(),
+            &[
+                ("SECRET_KEY", &secret),
+                ("JWT_SECRET_KEY", "short"),
+                ("DEBUG", "true"),
+            ],
+        );
+        assert!(load(&debug_vars).is_ok());
+    }
+
+    #[test]
+    fn equal_secrets_rejected() {
+        let dir = temp_dir();
+        let secret = strong('s');
+        let vars = variables(
+            dir.path(),
+            &[("SECRET_KEY", &secret), ("JWT_SECRET_KEY", &secret)],
+        );
+        assert_eq!(
+            load(&vars).err().map(|e| e.variable).as_deref(),
+            Some("JWT_SECRET_KEY")
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let cases = [
+            ("DEBUG", "maybe"),
+            ("LISTEN_ADDR", "localhost"),
+            ("JWT_ACCESS_TOKEN_LIFETIME", "1h"),
+            ("JWT_ACCESS_TOKEN_LIFETIME", "10"),
+            ("SCAN_RATE_LIMIT", "0"),
+            ("API_RATE_LIMIT", "-5"),
+            ("DATABASE_URL", "mysql://db/cyltrack"),
+            ("SECURITY_EMAIL", "security@yourdomain.com"),
+            ("SECURITY_EMAIL", "not-an-address"),
+            ("SECURITY_WEBHOOK_URL", "ftp://hooks.example.com"),
+            ("JWT_ALGORITHM", "none"),
+            ("LOG_FORMAT", "xml"),
+        ];
+        for (name, value) in cases {
+            let dir = temp_dir();
+            let vars = variables(dir.path(), &[(name, value)]);
+            let error = load(&vars).err();
+            assert_eq!(
+                error.as_ref().map(|e| e.variable.as_str()),
+                Some(name),
+                "{name}={value}"
+            );
+            assert!(
+                !error.map(|e| e.fix).unwrap_or_default().is_empty(),
+                "{name} has a fix"
+            );
+        }
+    }
+
+    #[test]
+    fn refresh_must_outlive_access() {
+        let dir = temp_dir();
+        let vars = variables(
+            dir.path(),
+            &[
+                ("JWT_ACCESS_TOKEN_LIFETIME", "3600"),
+                ("JWT_REFRESH_TOKEN_LIFETIME", "3600"),
+            ],
+        );
+        assert_eq!(
+            load(&vars).err().map(|e| e.variable).as_deref(),
+            Some("JWT_REFRESH_TOKEN_LIFETIME")
+        );
+    }
+
+    #[test]
+    fn database_url_selects_backend() {
+        let dir = temp_dir();
+        let vars = variables(
+            dir.path(),
+            &[(
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/cyltrack",
+            )],
+        );
+        let target = load(&vars).map(|(config, _)| config.database).ok();
+        assert!(matches!(target, Some(DatabaseTarget::Postgres { .. })));
+        let vars = variables(
+            dir.path(),
+            &[("DATABASE_URL", "sqlite:///var/lib/cyltrack/depot.db")],
+        );
+        let target = load(&vars).map(|(config, _)| config.database).ok();
+        assert!(
+            matches!(target, Some(DatabaseTarget::Sqlite { path }) if path == Path::new("/var/lib/cyltrack/depot.db"))
+        );
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let dir = temp_dir();
+        let secret = strong('s');
+        let jwt = strong('j');
+        let vars = variables(
+            dir.path(),
+            &[("SECRET_KEY", &secret), ("JWT_SECRET_KEY", &jwt)],
+        );
+        let text = load(&vars)
+            .map(|(config, _)| format!("{config:?}"))
+            .unwrap_or_default();
+        assert!(text.contains("listen_addr"));
+        assert!(!text.contains(&secret));
+        assert!(!text.contains(&jwt));
+    }
+}

@@ -1,0 +1,327 @@
+//! Extractors: the authenticated caller and its permission grants, and JSON
+//! bodies, query strings and path ids parsed into typed values with errors
+//! that name the field.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::auth::tokens::TokenKind;
+use crate::domain::Role;
+use crate::domain::access::{Action, Reach, reach};
+use crate::storage::{Actor, Scope, UserRecord};
+
+/// Request bodies larger than this are rejected with 413, in bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The caller, authenticated by a bearer access token and still active.
+#[derive(Debug, Clone)]
+pub struct CurrentUser {
+    pub user: UserRecord,
+}
+
+impl FromRequestParts<AppState> for CurrentUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or(ApiError::MissingToken)?;
+        let text = header.to_str().map_err(|_| ApiError::InvalidToken)?;
+        let (scheme, token) = text.split_once(' ').ok_or(ApiError::InvalidToken)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(ApiError::InvalidToken);
+        }
+
+        let verified = state
+            .tokens
+            .verify(token.trim(), TokenKind::Access, chrono::Utc::now())
+            .map_err(|_| ApiError::InvalidToken)?;
+        let user = state
+            .store
+            .user(verified.user_id)
+            .await?
+            .filter(|user| user.is_active)
+            .ok_or(ApiError::InvalidToken)?;
+
+        tracing::Span::current().record("user_id", tracing::field::display(user.id));
+        Ok(CurrentUser { user })
+    }
+}
+
+/// Proof that the caller may take an action. Only [`CurrentUser::grant`]
+/// creates one, so a handler that needs an [`Actor`] cannot skip the check.
+#[derive(Debug, Clone, Copy)]
+pub struct Grant {
+    actor: Actor,
+    reach: Reach,
+}
+
+impl Grant {
+    pub fn actor(&self) -> Actor {
+        self.actor
+    }
+
+    /// The cylinders this grant covers: all of them, or only those
+    /// associated with the caller.
+    pub fn scope(&self) -> Scope {
+        match (self.reach, self.actor.role) {
+            (Reach::All, _) => Scope::All,
+            (_, Role::Customer) => Scope::Customer(self.actor.user_id),
+            (_, _) => Scope::Driver(self.actor.user_id),
+        }
+    }
+}
+
+impl CurrentUser {
+    /// Checks `action` against the access matrix.
+    pub fn grant(&self, action: Action, description: &'static str) -> Result<Grant, ApiError> {
+        let actor = Actor {
+            user_id: self.user.id,
+            role: self.user.role,
+        };
+        match reach(self.user.role, action) {
+            Reach::Denied => Err(ApiError::Forbidden(description)),
+            reach => Ok(Grant { actor, reach }),
+        }
+    }
+
+    /// Grants viewing cylinders: the whole fleet for roles that may view
+    /// all, otherwise only the caller's own.
+    pub fn cylinder_viewer(&self) -> Result<Grant, ApiError> {
+        match self.grant(Action::ViewAllCylinders, "view all cylinders") {
+            Ok(grant) => Ok(grant),
+            Err(_) => self
+                .grant(Action::ViewOwnCylinders, "view cylinders")
+                .map(|grant| Grant {
+                    reach: Reach::Own,
+                    ..grant
+                }),
+        }
+    }
+}
+
+/// A JSON body decoded into `T`. Malformed JSON is a 400; a wrong type,
+/// missing or unknown field is a 422 that names the field.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split(';').next())
+            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge(MAX_BODY_BYTES)
+                } else {
+                    ApiError::MalformedJson(format!(
+                        "the request body could not be read: {rejection}"
+                    ))
+                }
+            })?;
+        decode_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Decodes `bytes`, mapping serde's errors to field-level API errors.
+pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        json_error(&path, &inner)
+    })?;
+    deserializer.end().map_err(|error| {
+        ApiError::MalformedJson(format!(
+            "the request body has trailing characters: {}",
+            strip_position(&error)
+        ))
+    })?;
+    Ok(value)
+}
+
+fn json_error(path: &str, error: &serde_json::Error) -> ApiError {
+    use serde_json::error::Category;
+    let message = strip_position(error);
+    match error.classify() {
+        Category::Syntax | Category::Eof | Category::Io => {
+            ApiError::MalformedJson(format!("the request body is not valid JSON: {message}"))
+        }
+        Category::Data => {
+            // serde reports a missing field against the object that should
+            // hold it, so its name comes from the message.
+            let field = match backticked(&message) {
+                Some(name) if message.starts_with("missing field") && path == "." => {
+                    name.to_string()
+                }
+                Some(name) if message.starts_with("missing field") => format!("{path}.{name}"),
+                _ => path.to_string(),
+            };
+            let rule = if message.starts_with("unknown field") {
+                "is not a field of this request".to_string()
+            } else if message.starts_with("missing field") {
+                "is required".to_string()
+            } else {
+                message
+            };
+            ApiError::invalid(field, rule)
+        }
+    }
+}
+
+/// The text between the first pair of backticks.
+fn backticked(message: &str) -> Option<&str> {
+    let start = message.find('`')? + 1;
+    let length = message[start..].find('`')?;
+    Some(&message[start..start + length])
+}
+
+/// serde_json appends " at line L column C"; the client needs the rest.
+fn strip_position(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    match text.rfind(" at line ") {
+        Some(index) => text[..index].to_string(),
+        None => text,
+    }
+}
+
+/// A query string decoded into `T`, whose fields are all optional strings
+/// that the handler parses with [`query_value`].
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        serde_urlencoded::from_str(query)
+            .map(ApiQuery)
+            .map_err(|error| {
+                let message = error.to_string();
+                match backticked(&message) {
+                    Some(name) if message.starts_with("unknown field") => {
+                        ApiError::invalid(name, "is not a query parameter of this endpoint")
+                    }
+                    _ => ApiError::invalid("query", format!("could not be parsed: {message}")),
+                }
+            })
+    }
+}
+
+/// Parses an optional query value with `parse`, which returns `None` for an
+/// invalid value; `rule` then says what a valid one looks like.
+pub fn query_value<T>(
+    field: &'static str,
+    raw: Option<&str>,
+    rule: &str,
+    parse: impl FnOnce(&str) -> Option<T>,
+) -> Result<Option<T>, ApiError> {
+    match raw {
+        None => Ok(None),
+        Some(text) => parse(text.trim())
+            .map(Some)
+            .ok_or_else(|| ApiError::invalid(field, format!("{rule}; got '{text}'"))),
+    }
+}
+
+pub fn parse_bool(text: &str) -> Option<bool> {
+    match text {
+        "true" | "1" => Some(true),
+        "false" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+pub fn parse_uuid(text: &str) -> Option<Uuid> {
+    Uuid::parse_str(text).ok()
+}
+
+/// A UUID from the path, named `id` in errors.
+pub struct PathId(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| ApiError::invalid("id", "is missing from the path"))?;
+        parse_uuid(&raw).map(PathId).ok_or_else(|| {
+            ApiError::invalid(
+                "id",
+                "must be a UUID such as 3f2c4e9a-0b1d-4c55-9a7e-2f8b6d1c0e44",
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Sample {
+        name: String,
+        count: u32,
+    }
+
+    fn field_of(body: &str) -> Option<String> {
+        match decode_json::<Sample>(body.as_bytes()) {
+            Err(ApiError::Invalid { field, .. }) => Some(field),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn unknown_missing_and_mistyped_fields_named() {
+        assert_eq!(
+            field_of(r#"{"name":"a","count":1,"role":"ADMIN"}"#).as_deref(),
+            Some("role")
+        );
+        assert_eq!(field_of(r#"{"name":"a"}"#).as_deref(), Some("count"));
+        assert_eq!(
+            field_of(r#"{"name":"a","count":"many"}"#).as_deref(),
+            Some("count")
+        );
+        assert_eq!(
+            field_of(r#"{"name":"a","count":-1}"#).as_deref(),
+            Some("count")
+        );
+    }
+
+    #[test]
+    fn syntax_errors_are_malformed() {
+        for body in [
+            r#"{"name":"#,
+            "not json",
+            r#"{"name":"a","count":1} extra"#,
+            "",
+        ] {
+            let result = decode_json::<Sample>(body.as_bytes());
+            assert!(matches!(result, Err(ApiError::MalformedJson(_))), "{body}");
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! The HTTP layer: routing, middleware, extractors and error mapping. The
+//! handlers parse requests into domain values, check access and delegate to
+//! the [`Store`].
+
+pub mod error;
+pub mod extract;
+pub mod openapi;
+mod routes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderName, Response, header};
+use tower_http::request_id::{
+    MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::TraceLayer;
+use tracing::Span;
+
+use crate::auth::tokens::TokenService;
+use crate::config::Config;
+use crate::storage::Store;
+
+pub use error::ApiError;
+pub use routes::register as register_cylinder;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub tokens: Arc<TokenService>,
+    /// An Argon2 hash that logins for unknown usernames are checked
+    /// against, so that they take as long as a wrong password.
+    pub decoy_password_hash: Arc<str>,
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Builds the router with its middleware.
+pub fn router(state: AppState) -> Router {
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(make_request_span)
+        .on_request(())
+        .on_response(|response: &Response<_>, latency: Duration, span: &Span| {
+            span.record("status", response.status().as_u16());
+            tracing::info!(
+                latency_ms = latency.as_secs_f64() * 1000.0,
+                "request finished"
+            );
+        })
+        .on_failure(());
+
+    routes::api_routes()
+        .with_state(state)
+        .fallback(routes::not_found)
+        .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(trace)
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+            header::COOKIE,
+        ]))
+}
+
+/// One span per request. `user_id` is filled in once the caller is known,
+/// and `status` when the response is ready.
+fn make_request_span(request: &Request) -> Span {
+    let request_id = request
+        .extensions()
+        .get::<RequestId>()
+        .and_then(|id| id.header_value().to_str().ok())
+        .unwrap_or("-");
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str)
+        .unwrap_or("unmatched");
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        route,
+        request_id,
+        user_id = tracing::field::Empty,
+        status = tracing::field::Empty,
+    )
+}

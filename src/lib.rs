@@ -1,0 +1,15 @@
+//! cyltrack tracks LPG gas cylinders and catches counterfeit and cloned
+//! labels. The binary's `main` only parses the command line; everything
+//! else lives in this library so that tests can start the real server.
+
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod domain;
+pub mod http;
+pub mod storage;
+pub mod telemetry;

@@ -1,0 +1,248 @@
+//! Persistence. [`Store`] is the one interface the rest of the service
+//! uses; each method is a whole use case that owns its transaction. The
+//! SQLite and PostgreSQL backends share their SQL and pass one conformance
+//! suite.
+
+mod models;
+pub mod postgres;
+mod shared;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use uuid::Uuid;
+
+use crate::config::DatabaseTarget;
+use crate::domain::{CylinderStatus, Role};
+
+pub use models::*;
+
+/// Failures of a storage call. "Not found" is not an error: methods return
+/// `Option` for it, so a database failure can never read as a missing row.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique value is already taken. `field` is the request field name.
+    #[error("{field} '{value}' is already in use")]
+    Conflict { field: &'static str, value: String },
+    /// A referenced record is missing or unsuitable, for example a driver id
+    /// that names a customer.
+    #[error("{field} {rule}")]
+    InvalidReference { field: &'static str, rule: String },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The person behind a change, as recorded in the history.
+#[derive(Debug, Clone, Copy)]
+pub struct Actor {
+    pub user_id: Uuid,
+    pub role: Role,
+}
+
+/// Which cylinders a caller may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    /// Cylinders assigned to this customer.
+    Customer(Uuid),
+    /// Cylinders in this driver's custody.
+    Driver(Uuid),
+}
+
+/// A page of results, numbered from 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest {
+    pub page: u32,
+    pub per_page: u32,
+}
+
+impl PageRequest {
+    pub const DEFAULT_PER_PAGE: u32 = 50;
+    pub const MAX_PER_PAGE: u32 = 200;
+    /// Deep offsets get slow; nobody pages through 10,000 pages by hand.
+    pub const MAX_PAGE: u32 = 10_000;
+
+    pub fn offset(self) -> i64 {
+        i64::from(self.page.saturating_sub(1)) * i64::from(self.per_page)
+    }
+
+    /// Rows to fetch: one more than a page, to learn whether another follows.
+    pub fn fetch_limit(self) -> i64 {
+        i64::from(self.per_page) + 1
+    }
+}
+
+impl Default for PageRequest {
+    fn default() -> Self {
+        Self {
+            page: 1,
+            per_page: Self::DEFAULT_PER_PAGE,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub page: u32,
+    pub per_page: u32,
+    pub has_more: bool,
+}
+
+impl<T> Page<T> {
+    /// Builds a page from rows fetched with [`PageRequest::fetch_limit`].
+    pub fn from_rows(mut rows: Vec<T>, request: PageRequest) -> Self {
+        let has_more = rows.len() > request.per_page as usize;
+        rows.truncate(request.per_page as usize);
+        Self {
+            items: rows,
+            page: request.page,
+            per_page: request.per_page,
+            has_more,
+        }
+    }
+}
+
+/// Filters of the cylinder list; `None` means "any".
+#[derive(Debug, Clone, Default)]
+pub struct CylinderFilter {
+    pub status: Option<CylinderStatus>,
+    pub tampered: Option<bool>,
+    /// Expired means the requalification date is before `today`.
+    pub expired: Option<bool>,
+    pub customer_id: Option<Uuid>,
+    pub driver_id: Option<Uuid>,
+    pub depot_id: Option<Uuid>,
+    pub today: Option<NaiveDate>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct UserFilter {
+    pub role: Option<Role>,
+    pub active: Option<bool>,
+}
+
+/// Outcome of presenting a refresh token for rotation.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    /// The token was valid and unused; `next` replaced it.
+    Rotated,
+    /// The token was already used or revoked: the whole family is now
+    /// revoked, because someone else may hold a copy.
+    Reused,
+    /// No such token, or its user is inactive.
+    Rejected,
+}
+
+/// Outcome of a status change.
+#[derive(Debug)]
+pub enum StatusChangeOutcome {
+    Changed(CylinderRecord),
+    /// The cylinder's status changed between the caller's read and this
+    /// write; it holds the current record.
+    Stale(CylinderRecord),
+    NotFound,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies pending migrations.
+    async fn migrate(&self) -> StoreResult<()>;
+    /// Closes the pool after in-flight queries finish.
+    async fn close(&self);
+    /// Checks that the database answers.
+    async fn ping(&self) -> StoreResult<()>;
+
+    async fn create_user(&self, user: NewUserRecord, now: DateTime<Utc>)
+    -> StoreResult<UserRecord>;
+    async fn user(&self, id: Uuid) -> StoreResult<Option<UserRecord>>;
+    async fn credentials(&self, username: &str) -> StoreResult<Option<Credentials>>;
+    async fn list_users(
+        &self,
+        filter: &UserFilter,
+        page: PageRequest,
+    ) -> StoreResult<Page<UserRecord>>;
+    /// Applies `changes`; deactivating a user revokes all their refresh
+    /// tokens in the same transaction.
+    async fn update_user(
+        &self,
+        id: Uuid,
+        changes: UserChanges,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<UserRecord>>;
+
+    async fn insert_refresh_token(&self, token: RefreshTokenRecord) -> StoreResult<()>;
+    /// Marks `used` as spent and stores `next` in its place, or revokes the
+    /// family when `used` was spent before.
+    async fn rotate_refresh_token(
+        &self,
+        used: Uuid,
+        next: RefreshTokenRecord,
+        now: DateTime<Utc>,
+    ) -> StoreResult<RefreshOutcome>;
+    async fn revoke_token_family(&self, family: Uuid, now: DateTime<Utc>) -> StoreResult<()>;
+
+    async fn create_depot(
+        &self,
+        depot: NewDepotRecord,
+        now: DateTime<Utc>,
+    ) -> StoreResult<DepotRecord>;
+    async fn list_depots(&self) -> StoreResult<Vec<DepotRecord>>;
+
+    /// Inserts the cylinder and its REGISTERED history entry.
+    async fn register_cylinder(
+        &self,
+        cylinder: NewCylinderRecord,
+        actor: Actor,
+        now: DateTime<Utc>,
+    ) -> StoreResult<CylinderRecord>;
+    async fn cylinder(&self, id: Uuid, scope: Scope) -> StoreResult<Option<CylinderRecord>>;
+    async fn list_cylinders(
+        &self,
+        filter: &CylinderFilter,
+        scope: Scope,
+        page: PageRequest,
+    ) -> StoreResult<Page<CylinderRecord>>;
+    /// Sets the status to `to` if it is still `expected`, with a
+    /// STATUS_CHANGED history entry.
+    async fn change_status(
+        &self,
+        change: StatusChange,
+        actor: Actor,
+        now: DateTime<Utc>,
+    ) -> StoreResult<StatusChangeOutcome>;
+    /// Sets custody after checking that each named user is active and has
+    /// the right role, with an ASSIGNED history entry.
+    async fn assign_cylinder(
+        &self,
+        assignment: Assignment,
+        actor: Actor,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<CylinderRecord>>;
+    async fn cylinder_history(
+        &self,
+        id: Uuid,
+        page: PageRequest,
+    ) -> StoreResult<Page<HistoryRecord>>;
+}
+
+/// Connects to the configured database. Migrations are not applied here.
+pub async fn connect(target: &DatabaseTarget) -> StoreResult<Arc<dyn Store>> {
+    match target {
+        DatabaseTarget::Sqlite { path } => Ok(Arc::new(sqlite::SqliteStore::open(path).await?)),
+        DatabaseTarget::Postgres { url } => {
+            use secrecy::ExposeSecret;
+            Ok(Arc::new(
+                postgres::PostgresStore::connect(url.expose_secret()).await?,
+            ))
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Integration tests: the real server on port 0 with a fresh database per
+//! test, each test run once on SQLite and once on PostgreSQL.
+
+mod helpers;
+
+mod access_matrix;
+mod auth;
+mod bad_input;
+mod conformance;
+mod cylinders;
+mod users;
