@@ -41,7 +41,7 @@ pub enum DatabaseTarget {
     Postgres { url: SecretString },
 }
 
-/// How log lines are written.
+/// Format of log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -221,7 +221,7 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    /// The value of `name`, trimmed; unset and empty are the same.
+    /// Returns the trimmed value of `name`, treating an empty value as unset.
     fn text(&self, name: &str) -> Option<&str> {
         self.variables
             .get(name)

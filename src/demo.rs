@@ -115,15 +115,15 @@ fn prepare_dir(dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("cannot create the folder {}", dir.display()))?;
     if dir.join("cyltrack.db").exists() {
         bail!(
-            "{} already holds a cyltrack.db; pass an empty folder to --dir, or leave --dir out",
+            "{} already contains a cyltrack.db; pass an empty folder to --dir, or leave --dir out",
             dir.display()
         );
     }
     Ok(dir)
 }
 
-/// The process variables with the database, secrets file and listen address
-/// pointed at the demo. DEBUG is on because the demo is not a deployment.
+/// Returns the process variables with the database, secrets file and listen
+/// address pointed at the demo. DEBUG is on because the demo is not a deployment.
 fn demo_variables(dir: &Path, listen: SocketAddr) -> Variables {
     let mut variables: Variables = std::env::vars().collect();
     variables.insert("DEBUG".into(), "true".into());
@@ -142,7 +142,7 @@ fn demo_variables(dir: &Path, listen: SocketAddr) -> Variables {
     variables
 }
 
-/// A fresh random password shared by the demo accounts, so that no demo
+/// Generates a random password for all demo accounts, so that no demo
 /// password is written in the source.
 fn demo_password() -> anyhow::Result<String> {
     let mut bytes = [0u8; 9];
@@ -150,7 +150,7 @@ fn demo_password() -> anyhow::Result<String> {
     Ok(format!("demo-{}", hex::encode(bytes)))
 }
 
-/// What the demo loaded, for the welcome text.
+/// Summary of the loaded demo data, for the welcome text.
 pub struct Fleet {
     pub depots: usize,
     pub cylinders: usize,

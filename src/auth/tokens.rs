@@ -1,7 +1,7 @@
-//! Issuing and verifying JSON Web Tokens, following RFC 8725: one allowed
-//! algorithm, required `exp`, `nbf` and `iat`, a small leeway, explicit
-//! typing so that access and refresh tokens cannot stand in for each other,
-//! and a `kid` header so that keys can rotate.
+//! Issuing and verifying JSON Web Tokens, following RFC 8725. One algorithm
+//! is allowed, `exp`, `nbf` and `iat` are required, and the leeway is small.
+//! Explicit typing keeps access and refresh tokens from standing in for each
+//! other, and a `kid` header lets keys rotate.
 
 use std::collections::HashMap;
 
@@ -22,7 +22,7 @@ const ISSUER: &str = "cyltrack";
 /// Tokens longer than this are rejected before any parsing, in bytes.
 const MAX_TOKEN_BYTES: usize = 4096;
 
-/// What a token may be used for. It is carried twice, in the `typ` header
+/// The purpose of a token. It is carried twice, in the `typ` header
 /// (as RFC 8725 section 3.11 recommends) and in the `token_use` claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -91,7 +91,7 @@ pub enum Reach {
     All,
 }
 
-/// The access matrix. Every permission check in the service goes through
+/// Looks a role and action up in the access matrix. Every permission check in the service goes through
 /// this function, so the table below is the whole policy.
 pub fn reach(role: Role, action: Action) -> Reach {
     use Action::*;

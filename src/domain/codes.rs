@@ -18,7 +18,7 @@ const SECRET_BYTES: usize = 32;
 const BASE32_ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
 /// Prefix of every QR code, so that a scanner app can tell a cyltrack label
-/// from other QR codes before it asks the server.
+/// from other QR codes before it calls the server.
 pub const QR_PREFIX: &str = "CYL-";
 
 /// The codes and secret generated for a new cylinder.
@@ -90,7 +90,7 @@ fn base32(bytes: &[u8]) -> String {
 /// Computes the auth hash of a cylinder: HMAC-SHA-256 keyed by the server's
 /// `SECRET_KEY` over the serial number, both codes and the cylinder secret.
 /// Each part is length-prefixed, so no two different inputs can produce the
-/// same message. Without the server key nobody can forge a matching hash,
+/// same message. Without the server key, a matching hash cannot be forged,
 /// even with a copy of the database.
 pub fn auth_hash(
     server_key: &[u8],

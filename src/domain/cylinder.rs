@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::value::{Brand, CapacityKg, InvalidValue, SerialNumber};
 
-/// Where a cylinder is in its life. `RETIRED` is final.
+/// The stage of a cylinder's life. `RETIRED` is final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum CylinderStatus {
@@ -80,7 +80,7 @@ impl CylinderStatus {
             .find(|status| status.as_str() == text)
     }
 
-    /// The statuses reachable from this one in a single step.
+    /// Returns the statuses reachable from this one in a single step.
     pub fn successors(self) -> &'static [CylinderStatus] {
         use CylinderStatus::*;
         match self {
@@ -95,8 +95,8 @@ impl CylinderStatus {
         }
     }
 
-    /// True for statuses in which the cylinder holds gas that reaches a
-    /// customer, which an expired or tampered cylinder must not.
+    /// Returns true for statuses in which the cylinder contains gas on its
+    /// way to a customer, which an expired or tampered cylinder must not.
     fn puts_gas_in_service(self) -> bool {
         matches!(self, CylinderStatus::Filled | CylinderStatus::Delivered)
     }
@@ -156,7 +156,7 @@ pub struct NewCylinder {
 /// date before this is far more likely a typing error.
 const EARLIEST_MANUFACTURE_YEAR: i32 = 1950;
 
-/// The longest time ahead a requalification date may be set, in years.
+/// Maximum time ahead that a requalification date may be set, in years.
 /// NOTE: this bound is a guess at the longest inspection interval a brand
 /// uses; it only catches typing errors such as 2205 for 2025.
 const MAX_YEARS_TO_REQUALIFICATION: i32 = 15;

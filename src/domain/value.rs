@@ -1,6 +1,6 @@
 //! Value types that request bodies and command-line arguments are parsed
 //! into. Each constructor states its rule in the error it returns, so code
-//! that holds one of these types never checks it again.
+//! that receives one of these types never checks it again.
 
 use std::fmt;
 
@@ -22,7 +22,7 @@ impl InvalidValue {
     }
 }
 
-/// Trims `raw` and checks its length in characters and that it holds no
+/// Trims `raw` and checks its length in characters and that it contains no
 /// control characters.
 fn bounded_text(
     field: &'static str,

@@ -71,7 +71,7 @@ impl Grant {
         self.actor
     }
 
-    /// The cylinders this grant covers: all of them, or only those
+    /// Returns the cylinders this grant covers: all of them, or only those
     /// associated with the caller.
     pub fn scope(&self) -> Scope {
         match (self.reach, self.actor.role) {
@@ -189,7 +189,7 @@ fn json_error(path: &str, error: &serde_json::Error) -> ApiError {
     }
 }
 
-/// The text between the first pair of backticks.
+/// Returns the text between the first pair of backticks.
 fn backticked(message: &str) -> Option<&str> {
     let start = message.find('`')? + 1;
     let length = message[start..].find('`')?;
@@ -229,7 +229,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
 }
 
 /// Parses an optional query value with `parse`, which returns `None` for an
-/// invalid value; `rule` then says what a valid one looks like.
+/// invalid value. The error then quotes `rule`, which describes a valid one.
 pub fn query_value<T>(
     field: &'static str,
     raw: Option<&str>,

@@ -27,7 +27,7 @@ use crate::storage::Store;
 pub use error::ApiError;
 pub use routes::register as register_cylinder;
 
-/// What every handler can reach.
+/// Shared state of every handler.
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
@@ -67,8 +67,8 @@ pub fn router(state: AppState) -> Router {
         ]))
 }
 
-/// One span per request. `user_id` is filled in once the caller is known,
-/// and `status` when the response is ready.
+/// Creates the span of one request. `user_id` is filled in once the caller
+/// is known, and `status` when the response is ready.
 fn make_request_span(request: &Request) -> Span {
     let request_id = request
         .extensions()

@@ -47,7 +47,7 @@ pub struct Actor {
     pub role: Role,
 }
 
-/// Which cylinders a caller may see.
+/// The set of cylinders a caller may see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     All,
@@ -67,7 +67,8 @@ pub struct PageRequest {
 impl PageRequest {
     pub const DEFAULT_PER_PAGE: u32 = 50;
     pub const MAX_PER_PAGE: u32 = 200;
-    /// Deep offsets get slow; nobody pages through 10,000 pages by hand.
+    /// Maximum page number. Deep offsets get slow, and no person pages
+    /// through 10,000 pages by hand.
     pub const MAX_PAGE: u32 = 10_000;
 
     pub fn offset(self) -> i64 {
@@ -147,7 +148,7 @@ pub enum RefreshOutcome {
 pub enum StatusChangeOutcome {
     Changed(CylinderRecord),
     /// The cylinder's status changed between the caller's read and this
-    /// write; it holds the current record.
+    /// write. It contains the current record.
     Stale(CylinderRecord),
     NotFound,
 }
@@ -158,7 +159,7 @@ pub trait Store: Send + Sync + 'static {
     async fn migrate(&self) -> StoreResult<()>;
     /// Closes the pool after in-flight queries finish.
     async fn close(&self);
-    /// Checks that the database answers.
+    /// Checks that the database responds.
     async fn ping(&self) -> StoreResult<()>;
 
     async fn create_user(&self, user: NewUserRecord, now: DateTime<Utc>)

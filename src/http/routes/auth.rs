@@ -16,7 +16,7 @@ use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::ApiJson;
 use crate::storage::{RefreshOutcome, RefreshTokenRecord};
 
-/// The longest username accepted at login, in characters.
+/// Maximum username length accepted at login, in characters.
 const MAX_USERNAME_CHARS: usize = 150;
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -28,7 +28,7 @@ use super::users::present;
 
 /// A cylinder as the API shows it. Depot staff see every field; drivers do
 /// not see the codes or tamper notes, and customers see neither those nor
-/// who else holds the cylinder. The per-cylinder secret is never shown.
+/// the other parties with custody. The per-cylinder secret is never shown.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CylinderView {
     pub id: Uuid,
@@ -115,7 +115,7 @@ pub struct RegisterCylinderRequest {
     /// The next requalification due date, YYYY-MM-DD, after the
     /// manufacture date.
     pub expiry_date: NaiveDate,
-    /// The depot that holds the cylinder.
+    /// The depot that stores the cylinder.
     pub depot_id: Option<Uuid>,
 }
 

@@ -11,7 +11,7 @@ use crate::http::openapi::ApiDoc;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
-    /// `ok` when the database answers, `unavailable` when it does not.
+    /// `ok` when the database responds, `unavailable` when it does not.
     pub status: &'static str,
 }
 
@@ -19,14 +19,14 @@ pub struct Health {
     get, path = "/healthz", tag = "meta",
     responses(
         (status = 200, description = "The service and its database are up", body = Health),
-        (status = 503, description = "The database does not answer", body = Health),
+        (status = 503, description = "The database does not respond", body = Health),
     )
 )]
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     match state.store.ping().await {
         Ok(()) => (StatusCode::OK, Json(Health { status: "ok" })),
         Err(error) => {
-            tracing::error!(error = %error, "health check failed: database does not answer");
+            tracing::error!(error = %error, "health check failed: the database does not respond");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Json(Health {

@@ -53,7 +53,7 @@ pub fn api_routes() -> Router<AppState> {
         )
 }
 
-/// Answers every path that no route matches.
+/// Returns 404 for every path that no route matches.
 pub async fn not_found() -> ApiError {
     ApiError::NotFound("endpoint")
 }
