@@ -35,6 +35,8 @@ pub enum ApiError {
     },
     #[error("the request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    #[error("this endpoint does not support the request's HTTP method")]
+    MethodNotAllowed,
     #[error("the request body must be JSON, sent with Content-Type: application/json")]
     UnsupportedMediaType,
     #[error("{field} {rule}")]
@@ -83,6 +85,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -100,6 +103,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict { code, .. } => code,
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Invalid { .. } => "validation_failed",
             ApiError::Internal(_) => "internal_error",

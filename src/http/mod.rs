@@ -57,6 +57,7 @@ pub fn router(state: AppState) -> Router {
     routes::api_routes()
         .with_state(state)
         .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(trace)

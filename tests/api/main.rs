@@ -8,4 +8,5 @@ mod auth;
 mod bad_input;
 mod conformance;
 mod cylinders;
+mod meta;
 mod users;

@@ -57,3 +57,8 @@ pub fn api_routes() -> Router<AppState> {
 pub async fn not_found() -> ApiError {
     ApiError::NotFound("endpoint")
 }
+
+/// Returns 405 for a known path with a method it does not support.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
