@@ -122,6 +122,8 @@ pub struct CylinderFilter {
     pub customer_id: Option<Uuid>,
     pub driver_id: Option<Uuid>,
     pub depot_id: Option<Uuid>,
+    /// The date that `expired` compares against; the current UTC date when
+    /// `None`.
     pub today: Option<NaiveDate>,
 }
 
@@ -136,10 +138,10 @@ pub struct UserFilter {
 pub enum RefreshOutcome {
     /// The token was valid and unused; `next` replaced it.
     Rotated,
-    /// The token was already used or revoked: the whole family is now
-    /// revoked, because someone else may hold a copy.
+    /// The token was already spent: the whole family is now revoked,
+    /// because someone else may have a copy.
     Reused,
-    /// No such token, or its user is inactive.
+    /// No such token, or it expired, was revoked, or its user is inactive.
     Rejected,
 }
 

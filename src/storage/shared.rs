@@ -49,8 +49,11 @@ pub(super) const SPEND_REFRESH_TOKEN: &str = "UPDATE refresh_tokens SET used_at 
      WHERE id = $1 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $2 \
      AND user_id IN (SELECT id FROM users WHERE is_active = TRUE)";
 
-pub(super) const REFRESH_TOKEN_FAMILY: &str = "SELECT family_id, used_at IS NOT NULL OR revoked_at IS NOT NULL \
-     FROM refresh_tokens WHERE id = $1";
+/// Returns the family of a refresh token and whether the token was already
+/// spent. A token that was revoked without being spent, by a logout or a
+/// deactivation, is not a reuse.
+pub(super) const REFRESH_TOKEN_FAMILY: &str =
+    "SELECT family_id, used_at IS NOT NULL FROM refresh_tokens WHERE id = $1";
 
 pub(super) const REVOKE_FAMILY: &str =
     "UPDATE refresh_tokens SET revoked_at = $2 WHERE family_id = $1 AND revoked_at IS NULL";
@@ -422,7 +425,8 @@ macro_rules! impl_store {
                 if let Some(tampered) = filter.tampered {
                     query.push(" AND is_tampered = ").push_bind(tampered);
                 }
-                if let (Some(expired), Some(today)) = (filter.expired, filter.today) {
+                if let Some(expired) = filter.expired {
+                    let today = filter.today.unwrap_or_else(|| chrono::Utc::now().date_naive());
                     query.push(if expired { " AND expiry_date < " } else { " AND expiry_date >= " });
                     query.push_bind(today);
                 }
