@@ -5,6 +5,7 @@
 pub mod access;
 pub mod codes;
 pub mod cylinder;
+pub mod scan;
 pub mod user;
 pub mod value;
 

@@ -149,7 +149,7 @@ pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner();
-        json_error(&path, &inner)
+        json_error(bytes, &path, &inner)
     })?;
     deserializer.end().map_err(|error| {
         ApiError::MalformedJson(format!(
@@ -160,33 +160,47 @@ pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
-fn json_error(path: &str, error: &serde_json::Error) -> ApiError {
+fn json_error(bytes: &[u8], path: &str, error: &serde_json::Error) -> ApiError {
     use serde_json::error::Category;
     let message = strip_position(error);
+    let well_formed = || serde_json::from_slice::<serde_json::Value>(bytes).is_ok();
     match error.classify() {
+        // serde_json reports a number or null where an enum expects a string
+        // as a syntax error, although the document itself is well formed.
+        Category::Syntax if path != "." && !path.contains('?') && well_formed() => {
+            ApiError::invalid(path, "has the wrong type")
+        }
         Category::Syntax | Category::Eof | Category::Io => {
             ApiError::MalformedJson(format!("the request body is not valid JSON: {message}"))
         }
-        Category::Data => {
-            // serde reports a missing field against the object that should
-            // hold it, so its name comes from the message.
-            let field = match backticked(&message) {
-                Some(name) if message.starts_with("missing field") && path == "." => {
-                    name.to_string()
-                }
-                Some(name) if message.starts_with("missing field") => format!("{path}.{name}"),
-                _ => path.to_string(),
-            };
-            let rule = if message.starts_with("unknown field") {
-                "is not a field of this request".to_string()
-            } else if message.starts_with("missing field") {
-                "is required".to_string()
-            } else {
-                message
-            };
-            ApiError::invalid(field, rule)
+        Category::Data if path == "." && message.starts_with("invalid type") => {
+            ApiError::invalid("body", "must be a JSON object")
         }
+        Category::Data => field_error(path, &message, "is not a field of this request"),
     }
+}
+
+/// Builds the 422 for a serde data error at `path`. serde reports missing
+/// and repeated fields against the object that should contain them, so
+/// their names come from the message.
+fn field_error(path: &str, message: &str, unknown_rule: &str) -> ApiError {
+    let names_field =
+        message.starts_with("missing field") || message.starts_with("duplicate field");
+    let field = match backticked(message).filter(|_| names_field) {
+        Some(name) if path == "." || path.is_empty() => name.to_string(),
+        Some(name) => format!("{path}.{name}"),
+        None => path.to_string(),
+    };
+    let rule = if message.starts_with("unknown field") {
+        unknown_rule.to_string()
+    } else if message.starts_with("missing field") {
+        "is required".to_string()
+    } else if message.starts_with("duplicate field") {
+        "is given more than once".to_string()
+    } else {
+        message.to_string()
+    };
+    ApiError::invalid(field, rule)
 }
 
 /// Returns the text between the first pair of backticks.
@@ -222,7 +236,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
                     Some(name) if message.starts_with("unknown field") => {
                         ApiError::invalid(name, "is not a query parameter of this endpoint")
                     }
-                    _ => ApiError::invalid("query", format!("could not be parsed: {message}")),
+                    Some(_) => field_error("", &message, "is not a query parameter"),
+                    None => ApiError::invalid("query", format!("could not be parsed: {message}")),
                 }
             })
     }
@@ -266,7 +281,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
         let axum::extract::Path(raw) =
             axum::extract::Path::<String>::from_request_parts(parts, state)
                 .await
-                .map_err(|_| ApiError::invalid("id", "is missing from the path"))?;
+                .map_err(|_| ApiError::invalid("id", "must be a UUID"))?;
         parse_uuid(&raw).map(PathId).ok_or_else(|| {
             ApiError::invalid(
                 "id",
