@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use crate::auth::password;
 use crate::auth::tokens::TokenService;
 use crate::config::{Config, DatabaseTarget};
+use crate::domain::audit::ChainKey;
 use crate::domain::codes::fill_random;
 use crate::http::{self, AppState};
 use crate::storage::{self, Store};
@@ -21,7 +22,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         DatabaseTarget::Sqlite { path } => format!("SQLite database {}", path.display()),
         DatabaseTarget::Postgres { .. } => "PostgreSQL database from DATABASE_URL".to_string(),
     };
-    let store = storage::connect(&config.database)
+    let store = storage::connect(&config.database, chain_key(config))
         .await
         .with_context(|| format!("cannot open the {description}"))?;
     store
@@ -30,6 +31,12 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         .with_context(|| format!("cannot apply migrations to the {description}"))?;
     tracing::info!(database = %description, "database ready");
     Ok(store)
+}
+
+/// Derives the key of the history chain from `SECRET_KEY`.
+pub fn chain_key(config: &Config) -> ChainKey {
+    use secrecy::ExposeSecret;
+    ChainKey::derive(config.secret_key.expose_secret().as_bytes())
 }
 
 /// Builds the state that handlers share.

@@ -11,6 +11,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::domain::codes::{fill_random, keyed_mac};
+use crate::domain::scan::TamperPolicy;
 use crate::domain::value::Email;
 
 /// Secrets that example configurations publish. A deployment that copied
@@ -108,6 +109,10 @@ pub struct Config {
     pub security_webhook_url: Option<String>,
     pub listen_addr: SocketAddr,
     pub log_format: LogFormat,
+    /// Thresholds of the cloning rules applied to every scan.
+    pub tamper: TamperPolicy,
+    /// How long a scan's auth token stays valid.
+    pub scan_token_lifetime: Duration,
 }
 
 /// A configuration value that stops start-up.
@@ -205,6 +210,8 @@ pub fn load(variables: &Variables) -> Result<(Config, Vec<&'static str>), Config
         security_webhook_url: reader.webhook_url("SECURITY_WEBHOOK_URL")?,
         listen_addr: reader.socket_addr("LISTEN_ADDR", "127.0.0.1:8000")?,
         log_format: reader.log_format()?,
+        tamper: reader.tamper_policy()?,
+        scan_token_lifetime: reader.seconds("SCAN_TOKEN_LIFETIME", 300, 30, 3600)?,
     };
     if config.jwt.refresh_lifetime <= config.jwt.access_lifetime {
         return Err(ConfigError::new(
@@ -398,6 +405,25 @@ impl Reader<'_> {
             keys.push(JwtKey::new(SecretString::from(secret)));
         }
         Ok(keys)
+    }
+
+    fn tamper_policy(&self) -> Result<TamperPolicy, ConfigError> {
+        let defaults = TamperPolicy::default();
+        let window = self.seconds("SCAN_RAPID_WINDOW", 300, 10, 86_400)?;
+        let max_speed = self.positive("SCAN_MAX_SPEED_KMH", 150)?;
+        if max_speed > 2000 {
+            return Err(ConfigError::new(
+                "SCAN_MAX_SPEED_KMH",
+                format!("{max_speed} km/h is faster than any vehicle that carries cylinders"),
+                "use the fastest plausible average speed by road, such as 150",
+            ));
+        }
+        Ok(TamperPolicy {
+            rapid_limit: self.positive("SCAN_RAPID_LIMIT", defaults.rapid_limit)?,
+            rapid_window: chrono::Duration::seconds(window.as_secs() as i64),
+            max_speed_kmh: f64::from(max_speed),
+            ..defaults
+        })
     }
 
     fn log_format(&self) -> Result<LogFormat, ConfigError> {
@@ -731,6 +757,10 @@ mod tests {
             ("SECURITY_WEBHOOK_URL", "ftp://hooks.example.com"),
             ("JWT_ALGORITHM", "none"),
             ("LOG_FORMAT", "xml"),
+            ("SCAN_RAPID_LIMIT", "0"),
+            ("SCAN_RAPID_WINDOW", "5"),
+            ("SCAN_MAX_SPEED_KMH", "5000"),
+            ("SCAN_TOKEN_LIFETIME", "10"),
         ];
         for (name, value) in cases {
             let dir = temp_dir();

@@ -59,7 +59,11 @@ CREATE TABLE cylinders (
     driver_id        UUID REFERENCES users (id),
     created_by       UUID REFERENCES users (id),
     created_at       TIMESTAMPTZ NOT NULL,
-    updated_at       TIMESTAMPTZ NOT NULL
+    updated_at       TIMESTAMPTZ NOT NULL,
+    -- Head of the cylinder's history chain: the number of entries and the
+    -- hash of the last one, so that an append needs no scan of the history.
+    history_count     BIGINT NOT NULL DEFAULT 0,
+    last_history_hash TEXT NOT NULL DEFAULT ''
 );
 
 -- The list is ordered by serial number; the filters that staff use most
@@ -71,7 +75,11 @@ CREATE INDEX cylinders_customer ON cylinders (customer_id, serial_number) WHERE 
 CREATE INDEX cylinders_driver ON cylinders (driver_id, serial_number) WHERE driver_id IS NOT NULL;
 CREATE INDEX cylinders_depot ON cylinders (depot_id, serial_number) WHERE depot_id IS NOT NULL;
 
--- Every change to a cylinder, numbered per cylinder from 1.
+-- Every change to a cylinder, numbered per cylinder from 1. Each entry
+-- carries an HMAC over its content and the previous entry's hash, so that
+-- `cyltrack audit verify` finds any row changed, removed or reordered.
+-- `details` is canonical JSON text (sorted keys), exactly as hashed, so it
+-- is TEXT rather than JSONB, which would reformat it.
 CREATE TABLE cylinder_history (
     id          UUID PRIMARY KEY,
     cylinder_id UUID NOT NULL REFERENCES cylinders (id),
@@ -82,7 +90,9 @@ CREATE TABLE cylinder_history (
     from_status TEXT,
     to_status   TEXT,
     notes       TEXT NOT NULL DEFAULT '',
-    details     JSONB NOT NULL DEFAULT '{}',
+    details     TEXT NOT NULL DEFAULT '{}',
     created_at  TIMESTAMPTZ NOT NULL,
+    prev_hash   TEXT NOT NULL,
+    entry_hash  TEXT NOT NULL,
     UNIQUE (cylinder_id, sequence)
 );

@@ -61,7 +61,11 @@ CREATE TABLE cylinders (
     driver_id        BLOB REFERENCES users (id),
     created_by       BLOB REFERENCES users (id),
     created_at       TEXT NOT NULL,
-    updated_at       TEXT NOT NULL
+    updated_at       TEXT NOT NULL,
+    -- Head of the cylinder's history chain: the number of entries and the
+    -- hash of the last one, so that an append needs no scan of the history.
+    history_count     INTEGER NOT NULL DEFAULT 0,
+    last_history_hash TEXT NOT NULL DEFAULT ''
 );
 
 -- The list is ordered by serial number; the filters that staff use most
@@ -73,7 +77,10 @@ CREATE INDEX cylinders_customer ON cylinders (customer_id, serial_number) WHERE 
 CREATE INDEX cylinders_driver ON cylinders (driver_id, serial_number) WHERE driver_id IS NOT NULL;
 CREATE INDEX cylinders_depot ON cylinders (depot_id, serial_number) WHERE depot_id IS NOT NULL;
 
--- Every change to a cylinder, numbered per cylinder from 1.
+-- Every change to a cylinder, numbered per cylinder from 1. Each entry
+-- carries an HMAC over its content and the previous entry's hash, so that
+-- `cyltrack audit verify` finds any row changed, removed or reordered.
+-- `details` is canonical JSON text (sorted keys), exactly as hashed.
 CREATE TABLE cylinder_history (
     id          BLOB PRIMARY KEY NOT NULL,
     cylinder_id BLOB NOT NULL REFERENCES cylinders (id),
@@ -86,5 +93,7 @@ CREATE TABLE cylinder_history (
     notes       TEXT NOT NULL DEFAULT '',
     details     TEXT NOT NULL DEFAULT '{}',
     created_at  TEXT NOT NULL,
+    prev_hash   TEXT NOT NULL,
+    entry_hash  TEXT NOT NULL,
     UNIQUE (cylinder_id, sequence)
 );

@@ -1,6 +1,7 @@
 //! Password hashing and the JSON Web Tokens that carry a session.
 
 pub mod password;
+pub mod scan_token;
 pub mod tokens;
 
 use chrono::Utc;

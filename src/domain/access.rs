@@ -62,10 +62,13 @@ pub enum Action {
     ManageUsers,
     /// Create depots.
     ManageDepots,
+    /// Set or clear a tamper flag, reissue codes, and see every detail of a
+    /// scan: the incident response of depot staff.
+    InvestigateIncidents,
 }
 
 impl Action {
-    pub const ALL: [Action; 10] = [
+    pub const ALL: [Action; 11] = [
         Action::ScanCylinder,
         Action::ViewOwnCylinders,
         Action::ViewAllCylinders,
@@ -76,6 +79,7 @@ impl Action {
         Action::ViewDirectory,
         Action::ManageUsers,
         Action::ManageDepots,
+        Action::InvestigateIncidents,
     ];
 }
 
@@ -100,7 +104,8 @@ pub fn reach(role: Role, action: Action) -> Reach {
     let staff = role.is_staff();
     match action {
         ScanCylinder | ViewOwnCylinders => All,
-        ViewAllCylinders | RegisterCylinder | UpdateStatus | AssignCylinder | ViewDirectory => {
+        ViewAllCylinders | RegisterCylinder | UpdateStatus | AssignCylinder | ViewDirectory
+        | InvestigateIncidents => {
             if staff {
                 All
             } else {
@@ -150,6 +155,7 @@ mod tests {
             (Action::ViewDirectory, [Denied, Denied, All, All]),
             (Action::ManageUsers, [Denied, Denied, Denied, All]),
             (Action::ManageDepots, [Denied, Denied, Denied, All]),
+            (Action::InvestigateIncidents, [Denied, Denied, All, All]),
         ];
         for (action, expected) in table {
             for (role, want) in Role::ALL.into_iter().zip(expected) {

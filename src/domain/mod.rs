@@ -3,6 +3,7 @@
 //! bodies are parsed into. Nothing here performs I/O.
 
 pub mod access;
+pub mod audit;
 pub mod codes;
 pub mod cylinder;
 pub mod scan;

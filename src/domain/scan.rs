@@ -2,10 +2,11 @@
 //! great-circle distance, and the two cloning rules (rapid scans and
 //! impossible movement), evaluated in event-time order.
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::cylinder::CylinderStatus;
 use super::value::InvalidValue;
 
 /// How a code was read.
@@ -321,6 +322,91 @@ pub fn impossible_movement(
     None
 }
 
+/// What the verdict on a scan depends on, for a code that names a cylinder.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanFacts {
+    pub status: CylinderStatus,
+    pub expiry_date: NaiveDate,
+    pub is_tampered: bool,
+    /// The scanned code was disabled when the cylinder's labels were
+    /// reissued.
+    pub code_revoked: bool,
+}
+
+/// The outcome of a scan as the scanner sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub result: ScanResult,
+    pub message: String,
+    pub warnings: Vec<String>,
+}
+
+/// Days before the requalification date from which scans carry a warning.
+const REQUALIFICATION_WARNING_DAYS: i64 = 30;
+
+/// Decides the result of a scan. `facts` is `None` when no cylinder has the
+/// code, and `suspicious` is the reason when a cloning rule fired on this
+/// scan, which flags the cylinder as tampered.
+pub fn verdict(facts: Option<&ScanFacts>, suspicious: Option<&str>, today: NaiveDate) -> Verdict {
+    let Some(facts) = facts else {
+        return Verdict {
+            result: ScanResult::Failed,
+            message:
+                "No cylinder has this code. It may be counterfeit: do not fill, sell or accept it, \
+                      and report it to the brand."
+                    .into(),
+            warnings: Vec::new(),
+        };
+    };
+
+    let mut warnings = Vec::new();
+    if let Some(reason) = suspicious {
+        warnings.push(format!(
+            "Suspicious scan: {reason}. The security team has been alerted."
+        ));
+    }
+    if facts.status == CylinderStatus::Lost {
+        warnings.push("This cylinder was reported lost; tell the depot where you found it.".into());
+    }
+    let days_left = (facts.expiry_date - today).num_days();
+    if (0..=REQUALIFICATION_WARNING_DAYS).contains(&days_left) {
+        warnings.push(format!("Requalification is due on {}.", facts.expiry_date));
+    }
+
+    let (result, message) = if facts.code_revoked {
+        (ScanResult::Revoked, "This code was disabled and replaced. Do not accept the cylinder; report it to the brand.".to_string())
+    } else if facts.status == CylinderStatus::Retired {
+        (
+            ScanResult::Revoked,
+            "This cylinder is retired and must not be in use. Do not fill or accept it."
+                .to_string(),
+        )
+    } else if facts.is_tampered || suspicious.is_some() {
+        (
+            ScanResult::Tampered,
+            "This cylinder is flagged as tampered. Do not fill, deliver or use it.".to_string(),
+        )
+    } else if facts.expiry_date < today {
+        (
+            ScanResult::Expired,
+            format!(
+                "Requalification was due on {}. The cylinder must not be filled or delivered.",
+                facts.expiry_date
+            ),
+        )
+    } else {
+        (
+            ScanResult::Valid,
+            "Genuine cylinder, in service.".to_string(),
+        )
+    };
+    Verdict {
+        result,
+        message,
+        warnings,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -604,5 +690,78 @@ mod tests {
                 "{latitude:?} {longitude:?} {accuracy:?}"
             );
         }
+    }
+
+    fn facts(status: CylinderStatus) -> ScanFacts {
+        ScanFacts {
+            status,
+            expiry_date: NaiveDate::from_ymd_opt(2030, 1, 1).unwrap_or_default(),
+            is_tampered: false,
+            code_revoked: false,
+        }
+    }
+
+    #[test]
+    fn verdict_for_each_result() {
+        let today = NaiveDate::from_ymd_opt(2026, 12, 4).unwrap_or_default();
+        assert_eq!(verdict(None, None, today).result, ScanResult::Failed);
+        assert_eq!(
+            verdict(Some(&facts(CylinderStatus::Filled)), None, today).result,
+            ScanResult::Valid
+        );
+        let tampered = ScanFacts {
+            is_tampered: true,
+            ..facts(CylinderStatus::Filled)
+        };
+        assert_eq!(
+            verdict(Some(&tampered), None, today).result,
+            ScanResult::Tampered
+        );
+        let cloned = verdict(
+            Some(&facts(CylinderStatus::Filled)),
+            Some("moved 440 km"),
+            today,
+        );
+        assert_eq!(cloned.result, ScanResult::Tampered);
+        assert!(
+            cloned
+                .warnings
+                .iter()
+                .any(|warning| warning.contains("440 km"))
+        );
+        let expired = ScanFacts {
+            expiry_date: today.pred_opt().unwrap_or_default(),
+            ..facts(CylinderStatus::Filled)
+        };
+        assert_eq!(
+            verdict(Some(&expired), None, today).result,
+            ScanResult::Expired
+        );
+        let revoked = ScanFacts {
+            code_revoked: true,
+            ..facts(CylinderStatus::Filled)
+        };
+        assert_eq!(
+            verdict(Some(&revoked), None, today).result,
+            ScanResult::Revoked
+        );
+        assert_eq!(
+            verdict(Some(&facts(CylinderStatus::Retired)), None, today).result,
+            ScanResult::Revoked
+        );
+    }
+
+    #[test]
+    fn verdict_warns_before_requalification() {
+        let today = NaiveDate::from_ymd_opt(2026, 12, 4).unwrap_or_default();
+        let soon = ScanFacts {
+            expiry_date: today + Duration::days(10),
+            ..facts(CylinderStatus::Filled)
+        };
+        let outcome = verdict(Some(&soon), None, today);
+        assert_eq!(outcome.result, ScanResult::Valid);
+        assert_eq!(outcome.warnings.len(), 1);
+        let lost = verdict(Some(&facts(CylinderStatus::Lost)), None, today);
+        assert!(lost.warnings.iter().any(|warning| warning.contains("lost")));
     }
 }

@@ -33,6 +33,11 @@ use super::routes;
         routes::change_status,
         routes::assign_cylinder,
         routes::cylinder_history,
+        routes::scan,
+        routes::verify_token,
+        routes::cylinder_scans,
+        routes::set_tamper_flag,
+        routes::reissue_codes,
     ),
     components(schemas(super::error::ErrorBody, super::error::ErrorDetail)),
     modifiers(&BearerAuth),
@@ -41,6 +46,7 @@ use super::routes;
         (name = "users", description = "Accounts; managed by admins"),
         (name = "depots", description = "Depots"),
         (name = "cylinders", description = "The cylinder registry"),
+        (name = "scans", description = "Scan verification, clone detection and incident response"),
         (name = "meta", description = "Health"),
     )
 )]

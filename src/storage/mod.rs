@@ -5,6 +5,7 @@
 
 mod models;
 pub mod postgres;
+mod scans;
 mod shared;
 pub mod sqlite;
 
@@ -15,6 +16,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use uuid::Uuid;
 
 use crate::config::DatabaseTarget;
+use crate::domain::audit::{ChainKey, StoredEntry};
+use crate::domain::scan::TamperPolicy;
 use crate::domain::{CylinderStatus, Role};
 
 pub use models::*;
@@ -235,17 +238,69 @@ pub trait Store: Send + Sync + 'static {
         id: Uuid,
         page: PageRequest,
     ) -> StoreResult<Page<HistoryRecord>>;
+
+    /// Returns the earlier scan that `scanner_id` sent with `client_scan_id`.
+    async fn scan_by_client_id(
+        &self,
+        scanner_id: Uuid,
+        client_scan_id: &str,
+    ) -> StoreResult<Option<RecordedScan>>;
+    /// Returns a scan with its cylinder's secret, to check an auth token.
+    async fn scan_for_token(&self, scan_id: Uuid) -> StoreResult<Option<RecordedScan>>;
+    /// Records a scan in one transaction: looks the code up and locks its
+    /// cylinder, applies the cloning rules of `policy` in event-time order,
+    /// writes the scan, its personal context and a SCANNED history entry,
+    /// and when a rule fires also flags the cylinder, writes a
+    /// TAMPER_DETECTED entry and queues a security event. `respond` builds
+    /// the response that retries with the same client scan id get.
+    async fn record_scan(
+        &self,
+        scan: ScanInput,
+        policy: &TamperPolicy,
+        respond: ScanResponder<'_>,
+    ) -> StoreResult<ScanOutcome>;
+    /// Lists a cylinder's scans, newest event first.
+    async fn cylinder_scans(&self, id: Uuid, page: PageRequest) -> StoreResult<Page<ScanRecord>>;
+    /// Sets or clears the tamper flag with a TAMPER_FLAGGED or
+    /// TAMPER_CLEARED history entry.
+    async fn set_tamper_flag(
+        &self,
+        id: Uuid,
+        flagged: bool,
+        notes: String,
+        actor: Actor,
+        now: DateTime<Utc>,
+    ) -> StoreResult<TamperFlagOutcome>;
+    /// Replaces a cylinder's codes and secret. The old codes go to the
+    /// revoked list, so that scanning them gives REVOKED.
+    async fn reissue_codes(
+        &self,
+        reissue: CodeReissue,
+        actor: Actor,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<CylinderRecord>>;
+
+    /// Lists chain heads in id order, after `after`, for the audit.
+    async fn chain_heads(&self, after: Option<Uuid>, limit: i64) -> StoreResult<Vec<ChainHead>>;
+    /// Returns a cylinder's whole history, oldest first, with its hashes.
+    async fn chain_entries(&self, cylinder_id: Uuid) -> StoreResult<Vec<StoredEntry>>;
+    /// Returns the scans of a cylinder, to match them with their history.
+    async fn scan_links(&self, cylinder_id: Uuid) -> StoreResult<Vec<ScanLink>>;
+    /// Counts the security events waiting for delivery.
+    async fn pending_security_events(&self) -> StoreResult<i64>;
 }
 
 /// Connects to the configured database. Migrations are not applied here.
-pub async fn connect(target: &DatabaseTarget) -> StoreResult<Arc<dyn Store>> {
+/// `chain_key` keys the hashes of the history chain.
+pub async fn connect(target: &DatabaseTarget, chain_key: ChainKey) -> StoreResult<Arc<dyn Store>> {
     match target {
-        DatabaseTarget::Sqlite { path } => Ok(Arc::new(sqlite::SqliteStore::open(path).await?)),
+        DatabaseTarget::Sqlite { path } => {
+            Ok(Arc::new(sqlite::SqliteStore::open(path, chain_key).await?))
+        }
         DatabaseTarget::Postgres { url } => {
             use secrecy::ExposeSecret;
-            Ok(Arc::new(
-                postgres::PostgresStore::connect(url.expose_secret()).await?,
-            ))
+            let store = postgres::PostgresStore::connect(url.expose_secret(), chain_key).await?;
+            Ok(Arc::new(store))
         }
     }
 }

@@ -6,6 +6,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::StoreError;
+use crate::domain::scan::{Coordinates, ScanResult, ScanType, Verdict};
 use crate::domain::{CylinderStatus, Role};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -131,12 +132,21 @@ pub struct Assignment {
     pub notes: String,
 }
 
-/// Kinds of history entries. Later capabilities add scan and tamper events.
+/// Kinds of history entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HistoryEvent {
     Registered,
     StatusChanged,
     Assigned,
+    Scanned,
+    /// A cloning rule fired on a scan and flagged the cylinder.
+    TamperDetected,
+    /// Staff set the tamper flag by hand.
+    TamperFlagged,
+    /// Staff cleared the tamper flag after an investigation.
+    TamperCleared,
+    /// The cylinder got new codes and its old ones were revoked.
+    CodesReissued,
 }
 
 impl HistoryEvent {
@@ -145,6 +155,11 @@ impl HistoryEvent {
             HistoryEvent::Registered => "REGISTERED",
             HistoryEvent::StatusChanged => "STATUS_CHANGED",
             HistoryEvent::Assigned => "ASSIGNED",
+            HistoryEvent::Scanned => "SCANNED",
+            HistoryEvent::TamperDetected => "TAMPER_DETECTED",
+            HistoryEvent::TamperFlagged => "TAMPER_FLAGGED",
+            HistoryEvent::TamperCleared => "TAMPER_CLEARED",
+            HistoryEvent::CodesReissued => "CODES_REISSUED",
         }
     }
 }
@@ -278,11 +293,30 @@ pub(super) struct HistoryRow {
     pub from_status: Option<String>,
     pub to_status: Option<String>,
     pub notes: String,
-    pub details: sqlx::types::Json<Value>,
+    pub details: String,
     pub created_at: DateTime<Utc>,
+    pub prev_hash: String,
+    pub entry_hash: String,
 }
 
 impl HistoryRow {
+    pub fn into_stored(self) -> crate::domain::audit::StoredEntry {
+        crate::domain::audit::StoredEntry {
+            cylinder_id: self.cylinder_id,
+            sequence: self.sequence,
+            event_type: self.event_type,
+            actor_id: self.actor_id,
+            actor_role: self.actor_role,
+            from_status: self.from_status,
+            to_status: self.to_status,
+            notes: self.notes,
+            details: self.details,
+            created_at: self.created_at,
+            prev_hash: self.prev_hash,
+            entry_hash: self.entry_hash,
+        }
+    }
+
     pub fn into_record(self) -> Result<HistoryRecord, StoreError> {
         Ok(HistoryRecord {
             id: self.id,
@@ -294,7 +328,9 @@ impl HistoryRow {
             from_status: self.from_status.as_deref().map(parse_status).transpose()?,
             to_status: self.to_status.as_deref().map(parse_status).transpose()?,
             notes: self.notes,
-            details: self.details.0,
+            details: serde_json::from_str(&self.details).map_err(|error| {
+                StoreError::Corrupt(format!("history details are not JSON: {error}"))
+            })?,
             created_at: self.created_at,
         })
     }
@@ -321,4 +357,212 @@ impl DepotRow {
             created_at: self.created_at,
         }
     }
+}
+
+/// A cylinder row with its secret, read only on the scan path.
+#[derive(sqlx::FromRow)]
+pub(super) struct CylinderSecretRow {
+    #[sqlx(flatten)]
+    pub cylinder: CylinderRow,
+    pub secret_key: Vec<u8>,
+}
+
+/// A scan to record, parsed and normalised by the caller.
+#[derive(Debug, Clone)]
+pub struct ScanInput {
+    pub id: Uuid,
+    pub scanner: super::Actor,
+    pub scan_type: ScanType,
+    /// The normalised code that is looked up.
+    pub code: String,
+    /// The code as received, for the audit trail.
+    pub raw_code: String,
+    pub position: Option<Coordinates>,
+    pub address: Option<String>,
+    pub ip_address: Option<String>,
+    pub user_agent: Option<String>,
+    /// When the scan happened: the device's time, or the receive time.
+    pub scanned_at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    pub client_scan_id: Option<String>,
+}
+
+/// What the response builder gets to describe a new scan.
+#[derive(Debug, Clone)]
+pub struct ScanDraft<'a> {
+    pub scan_id: Uuid,
+    pub cylinder: Option<&'a CylinderRecord>,
+    pub verdict: &'a Verdict,
+    pub suspicious_reason: Option<&'a str>,
+    pub scanned_at: DateTime<Utc>,
+}
+
+/// Builds the JSON response stored with a scan, so that a retry with the
+/// same client scan id gets the same response.
+pub type ScanResponder<'a> = &'a (dyn Fn(&ScanDraft<'_>) -> String + Send + Sync);
+
+/// A scan that was recorded now.
+#[derive(Debug, Clone)]
+pub struct RecordedScan {
+    pub id: Uuid,
+    pub cylinder_id: Option<Uuid>,
+    pub result: ScanResult,
+    pub is_suspicious: bool,
+    pub response: String,
+    pub received_at: DateTime<Utc>,
+    /// The cylinder's secret, which keys the scan's auth token.
+    pub token_key: Option<Vec<u8>>,
+}
+
+/// Outcome of recording a scan.
+#[derive(Debug, Clone)]
+pub enum ScanOutcome {
+    Recorded(RecordedScan),
+    /// The scanner sent this client scan id before; nothing new was
+    /// recorded and this is the first scan.
+    Replayed(RecordedScan),
+}
+
+/// A scan as the scan list shows it, with its personal data while that is
+/// still kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScanRecord {
+    pub id: Uuid,
+    pub cylinder_id: Option<Uuid>,
+    pub scan_type: ScanType,
+    pub result: ScanResult,
+    pub scanned_code: String,
+    pub scanner_id: Uuid,
+    pub scanner_role: Role,
+    pub verification_message: String,
+    pub is_suspicious: bool,
+    pub suspicious_reason: Option<String>,
+    pub scanned_at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    pub client_scan_id: Option<String>,
+    pub ip_address: Option<String>,
+    pub user_agent: Option<String>,
+    pub latitude: Option<f64>,
+    pub longitude: Option<f64>,
+    pub accuracy_m: Option<f64>,
+    pub address: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct ScanRow {
+    pub id: Uuid,
+    pub cylinder_id: Option<Uuid>,
+    pub scan_type: String,
+    pub result: String,
+    pub scanned_code: String,
+    pub scanner_id: Uuid,
+    pub scanner_role: String,
+    pub verification_message: String,
+    pub is_suspicious: bool,
+    pub suspicious_reason: Option<String>,
+    pub scanned_at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    pub client_scan_id: Option<String>,
+    pub ip_address: Option<String>,
+    pub user_agent: Option<String>,
+    pub latitude: Option<f64>,
+    pub longitude: Option<f64>,
+    pub accuracy_m: Option<f64>,
+    pub address: Option<String>,
+}
+
+fn parse_result(text: &str) -> Result<ScanResult, StoreError> {
+    ScanResult::parse(text)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown scan result '{text}'")))
+}
+
+impl ScanRow {
+    pub fn into_record(self) -> Result<ScanRecord, StoreError> {
+        Ok(ScanRecord {
+            id: self.id,
+            cylinder_id: self.cylinder_id,
+            scan_type: ScanType::parse(&self.scan_type).ok_or_else(|| {
+                StoreError::Corrupt(format!("unknown scan type '{}'", self.scan_type))
+            })?,
+            result: parse_result(&self.result)?,
+            scanned_code: self.scanned_code,
+            scanner_id: self.scanner_id,
+            scanner_role: parse_role(&self.scanner_role)?,
+            verification_message: self.verification_message,
+            is_suspicious: self.is_suspicious,
+            suspicious_reason: self.suspicious_reason,
+            scanned_at: self.scanned_at,
+            received_at: self.received_at,
+            client_scan_id: self.client_scan_id,
+            ip_address: self.ip_address,
+            user_agent: self.user_agent,
+            latitude: self.latitude,
+            longitude: self.longitude,
+            accuracy_m: self.accuracy_m,
+            address: self.address,
+        })
+    }
+}
+
+/// The stored part of an earlier scan that a retry or a token check needs.
+#[derive(sqlx::FromRow)]
+pub(super) struct StoredScanRow {
+    pub id: Uuid,
+    pub cylinder_id: Option<Uuid>,
+    pub result: String,
+    pub is_suspicious: bool,
+    pub response: String,
+    pub received_at: DateTime<Utc>,
+    pub secret_key: Option<Vec<u8>>,
+}
+
+impl StoredScanRow {
+    pub fn into_recorded(self) -> Result<RecordedScan, StoreError> {
+        Ok(RecordedScan {
+            id: self.id,
+            cylinder_id: self.cylinder_id,
+            result: parse_result(&self.result)?,
+            is_suspicious: self.is_suspicious,
+            response: self.response,
+            received_at: self.received_at,
+            token_key: self.secret_key,
+        })
+    }
+}
+
+/// New codes for a cylinder whose labels are reissued.
+#[derive(Debug, Clone)]
+pub struct CodeReissue {
+    pub cylinder_id: Uuid,
+    pub qr_code: String,
+    pub rfid_tag: String,
+    pub secret_key: Vec<u8>,
+    pub auth_hash: String,
+    pub reason: String,
+}
+
+/// Outcome of setting or clearing the tamper flag.
+#[derive(Debug)]
+pub enum TamperFlagOutcome {
+    Changed(CylinderRecord),
+    /// The flag already had the requested value; nothing was written.
+    Unchanged(CylinderRecord),
+    NotFound,
+}
+
+/// The head of one cylinder's history chain, as the cylinder row records it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ChainHead {
+    pub id: Uuid,
+    pub serial_number: String,
+    pub history_count: i64,
+    pub last_history_hash: String,
+}
+
+/// A scan's fields that its SCANNED history entry repeats.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ScanLink {
+    pub id: Uuid,
+    pub result: String,
+    pub is_suspicious: bool,
 }

@@ -7,7 +7,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::StoreResult;
+use super::scans::impl_scan_store;
 use super::shared::impl_store;
+use crate::domain::audit::ChainKey;
 
 /// Connections per instance. On a 2-core database server, more than about
 /// 16 concurrent connections lowers throughput.
@@ -17,21 +19,22 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct PostgresStore {
     pool: PgPool,
+    chain_key: ChainKey,
 }
 
 impl PostgresStore {
-    pub async fn connect(url: &str) -> StoreResult<Self> {
-        Self::connect_with(PgConnectOptions::from_str(url)?).await
+    pub async fn connect(url: &str, chain_key: ChainKey) -> StoreResult<Self> {
+        Self::connect_with(PgConnectOptions::from_str(url)?, chain_key).await
     }
 
     /// Connects with prepared options; tests use this to select a schema.
-    pub async fn connect_with(options: PgConnectOptions) -> StoreResult<Self> {
+    pub async fn connect_with(options: PgConnectOptions, chain_key: ChainKey) -> StoreResult<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options.application_name("cyltrack"))
             .await?;
-        Ok(Self { pool })
+        Ok(Self { pool, chain_key })
     }
 
     async fn run_migrations(&self) -> StoreResult<()> {
@@ -47,3 +50,4 @@ impl PostgresStore {
 }
 
 impl_store!(PostgresStore, Postgres);
+impl_scan_store!(PostgresStore, Postgres);

@@ -88,17 +88,27 @@ pub(super) const SELECT_USER_ROLE: &str = "SELECT role, is_active FROM users WHE
 
 pub(super) const SELECT_DEPOT_EXISTS: &str = "SELECT COUNT(*) FROM depots WHERE id = $1";
 
-/// Appends a history entry at the next position of its cylinder. Callers
-/// first write the cylinder row in the same transaction; that row lock
-/// orders concurrent appends to one cylinder.
+/// Reserves the next position in a cylinder's history and returns it with
+/// the hash of the entry before it. The row lock this update takes orders
+/// concurrent appends to one cylinder.
+pub(super) const RESERVE_HISTORY_POSITION: &str = "UPDATE cylinders SET history_count = history_count + 1 \
+     WHERE id = $1 RETURNING history_count, last_history_hash";
+
 pub(super) const INSERT_HISTORY: &str = "INSERT INTO cylinder_history \
-     (id, cylinder_id, sequence, event_type, actor_id, actor_role, from_status, to_status, notes, details, created_at) \
-     VALUES ($1, $2, (SELECT COALESCE(MAX(sequence), 0) + 1 FROM cylinder_history WHERE cylinder_id = $2), \
-     $3, $4, $5, $6, $7, $8, $9, $10)";
+     (id, cylinder_id, sequence, event_type, actor_id, actor_role, from_status, to_status, notes, details, \
+      created_at, prev_hash, entry_hash) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+
+pub(super) const SET_HISTORY_HEAD: &str =
+    "UPDATE cylinders SET last_history_hash = $2 WHERE id = $1";
 
 pub(super) const SELECT_HISTORY: &str = "SELECT id, cylinder_id, sequence, event_type, actor_id, actor_role, \
-     from_status, to_status, notes, details, created_at FROM cylinder_history \
+     from_status, to_status, notes, details, created_at, prev_hash, entry_hash FROM cylinder_history \
      WHERE cylinder_id = $1 ORDER BY sequence DESC LIMIT $2 OFFSET $3";
+
+pub(super) const SELECT_CHAIN: &str = "SELECT id, cylinder_id, sequence, event_type, actor_id, actor_role, \
+     from_status, to_status, notes, details, created_at, prev_hash, entry_hash FROM cylinder_history \
+     WHERE cylinder_id = $1 ORDER BY sequence";
 
 /// Turns a unique-constraint violation into [`StoreError::Conflict`],
 /// naming the first of `fields` that appears in the constraint's name or
@@ -391,7 +401,7 @@ macro_rules! impl_store {
                         "depot_id": record.depot_id,
                     }),
                 };
-                Self::append_history(&mut tx, entry, now).await?;
+                self.append_history(&mut tx, entry, now).await?;
                 tx.commit().await?;
                 Ok(record)
             }
@@ -483,7 +493,7 @@ macro_rules! impl_store {
                     notes: change.notes,
                     details: serde_json::json!({}),
                 };
-                Self::append_history(&mut tx, entry, now).await?;
+                self.append_history(&mut tx, entry, now).await?;
                 tx.commit().await?;
                 Ok(StatusChangeOutcome::Changed(record))
             }
@@ -547,7 +557,7 @@ macro_rules! impl_store {
                         "driver_id": record.driver_id,
                     }),
                 };
-                Self::append_history(&mut tx, entry, now).await?;
+                self.append_history(&mut tx, entry, now).await?;
                 tx.commit().await?;
                 Ok(Some(record))
             }
@@ -567,6 +577,171 @@ macro_rules! impl_store {
                 let records = rows.into_iter().map(|row| row.into_record()).collect::<Result<Vec<_>, _>>()?;
                 Ok($crate::storage::Page::from_rows(records, page))
             }
+
+            async fn scan_by_client_id(
+                &self,
+                scanner_id: uuid::Uuid,
+                client_scan_id: &str,
+            ) -> $crate::storage::StoreResult<Option<$crate::storage::RecordedScan>> {
+                self.stored_scan($crate::storage::scans::SCAN_BY_CLIENT_ID, scanner_id, Some(client_scan_id)).await
+            }
+
+            async fn scan_for_token(&self, scan_id: uuid::Uuid) -> $crate::storage::StoreResult<Option<$crate::storage::RecordedScan>> {
+                self.stored_scan($crate::storage::scans::SCAN_BY_ID, scan_id, None).await
+            }
+
+            #[tracing::instrument(skip_all, fields(scan_id = %scan.id, scanner_id = %scan.scanner.user_id))]
+            async fn record_scan(
+                &self,
+                scan: $crate::storage::ScanInput,
+                policy: &$crate::domain::scan::TamperPolicy,
+                respond: $crate::storage::ScanResponder<'_>,
+            ) -> $crate::storage::StoreResult<$crate::storage::ScanOutcome> {
+                self.record_scan_in_transaction(scan, policy, respond).await
+            }
+
+            async fn cylinder_scans(
+                &self,
+                id: uuid::Uuid,
+                page: $crate::storage::PageRequest,
+            ) -> $crate::storage::StoreResult<$crate::storage::Page<$crate::storage::ScanRecord>> {
+                let rows: Vec<$crate::storage::models::ScanRow> = sqlx::query_as($crate::storage::scans::LIST_SCANS)
+                    .bind(id)
+                    .bind(page.fetch_limit())
+                    .bind(page.offset())
+                    .fetch_all(&self.pool)
+                    .await?;
+                let records = rows.into_iter().map(|row| row.into_record()).collect::<Result<Vec<_>, _>>()?;
+                Ok($crate::storage::Page::from_rows(records, page))
+            }
+
+            #[tracing::instrument(skip_all, fields(cylinder_id = %id, flagged))]
+            async fn set_tamper_flag(
+                &self,
+                id: uuid::Uuid,
+                flagged: bool,
+                notes: String,
+                actor: $crate::storage::Actor,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::storage::StoreResult<$crate::storage::TamperFlagOutcome> {
+                use $crate::storage::{HistoryEvent, NewHistoryEntry, Scope, TamperFlagOutcome};
+                let mut tx = self.begin_write().await?;
+
+                let row: Option<$crate::storage::models::CylinderRow> = sqlx::query_as($crate::storage::scans::SET_TAMPER_FLAG)
+                    .bind(id)
+                    .bind(flagged)
+                    .bind(&notes)
+                    .bind(now)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(row) = row else {
+                    tx.rollback().await?;
+                    return Ok(match self.cylinder(id, Scope::All).await? {
+                        Some(current) => TamperFlagOutcome::Unchanged(current),
+                        None => TamperFlagOutcome::NotFound,
+                    });
+                };
+                let record = row.into_record()?;
+
+                let entry = NewHistoryEntry {
+                    cylinder_id: id,
+                    event: if flagged { HistoryEvent::TamperFlagged } else { HistoryEvent::TamperCleared },
+                    actor: Some(actor),
+                    from_status: None,
+                    to_status: None,
+                    notes,
+                    details: serde_json::json!({ "is_tampered": flagged }),
+                };
+                self.append_history(&mut tx, entry, now).await?;
+                tx.commit().await?;
+                Ok(TamperFlagOutcome::Changed(record))
+            }
+
+            #[tracing::instrument(skip_all, fields(cylinder_id = %reissue.cylinder_id))]
+            async fn reissue_codes(
+                &self,
+                reissue: $crate::storage::CodeReissue,
+                actor: $crate::storage::Actor,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::storage::StoreResult<Option<$crate::storage::CylinderRecord>> {
+                use $crate::storage::scans::*;
+                use $crate::storage::shared::conflict_or;
+                use $crate::storage::{HistoryEvent, NewHistoryEntry};
+                let mut tx = self.begin_write().await?;
+
+                let old: Option<(String, String)> =
+                    sqlx::query_as(LOCK_CODES).bind(reissue.cylinder_id).bind(now).fetch_optional(&mut *tx).await?;
+                let Some((old_qr, old_rfid)) = old else {
+                    return Ok(None);
+                };
+                for (code, scan_type) in [(&old_qr, "QR"), (&old_rfid, "RFID")] {
+                    sqlx::query(INSERT_REVOKED_CODE)
+                        .bind(code)
+                        .bind(scan_type)
+                        .bind(reissue.cylinder_id)
+                        .bind(now)
+                        .bind(actor.user_id)
+                        .bind(&reissue.reason)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let row: $crate::storage::models::CylinderRow = sqlx::query_as(SET_CODES)
+                    .bind(reissue.cylinder_id)
+                    .bind(&reissue.qr_code)
+                    .bind(&reissue.rfid_tag)
+                    .bind(&reissue.secret_key)
+                    .bind(&reissue.auth_hash)
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(|error| conflict_or(error, &[("qr_code", &reissue.qr_code), ("rfid_tag", &reissue.rfid_tag)]))?;
+                let record = row.into_record()?;
+
+                let entry = NewHistoryEntry {
+                    cylinder_id: record.id,
+                    event: HistoryEvent::CodesReissued,
+                    actor: Some(actor),
+                    from_status: None,
+                    to_status: None,
+                    notes: reissue.reason,
+                    details: serde_json::json!({ "revoked_qr_code": old_qr, "revoked_rfid_tag": old_rfid }),
+                };
+                self.append_history(&mut tx, entry, now).await?;
+                tx.commit().await?;
+                Ok(Some(record))
+            }
+
+            async fn chain_heads(
+                &self,
+                after: Option<uuid::Uuid>,
+                limit: i64,
+            ) -> $crate::storage::StoreResult<Vec<$crate::storage::ChainHead>> {
+                use $crate::storage::scans::*;
+                let heads = match after {
+                    None => sqlx::query_as(CHAIN_HEADS_FIRST).bind(limit).fetch_all(&self.pool).await?,
+                    Some(after) => sqlx::query_as(CHAIN_HEADS_AFTER).bind(after).bind(limit).fetch_all(&self.pool).await?,
+                };
+                Ok(heads)
+            }
+
+            async fn chain_entries(
+                &self,
+                cylinder_id: uuid::Uuid,
+            ) -> $crate::storage::StoreResult<Vec<$crate::domain::audit::StoredEntry>> {
+                let rows: Vec<$crate::storage::models::HistoryRow> =
+                    sqlx::query_as($crate::storage::shared::SELECT_CHAIN).bind(cylinder_id).fetch_all(&self.pool).await?;
+                Ok(rows.into_iter().map(|row| row.into_stored()).collect())
+            }
+
+            async fn scan_links(&self, cylinder_id: uuid::Uuid) -> $crate::storage::StoreResult<Vec<$crate::storage::ScanLink>> {
+                Ok(sqlx::query_as($crate::storage::scans::SCAN_LINKS).bind(cylinder_id).fetch_all(&self.pool).await?)
+            }
+
+            async fn pending_security_events(&self) -> $crate::storage::StoreResult<i64> {
+                let (count,): (i64,) =
+                    sqlx::query_as($crate::storage::scans::PENDING_SECURITY_EVENTS).fetch_one(&self.pool).await?;
+                Ok(count)
+            }
         }
 
         impl $store {
@@ -583,25 +758,61 @@ macro_rules! impl_store {
                 }
             }
 
-            /// Appends a history entry inside the caller's transaction.
+            /// Appends a history entry inside the caller's transaction, as
+            /// the next link of the cylinder's hash chain.
             async fn append_history(
+                &self,
                 tx: &mut sqlx::Transaction<'static, $db>,
                 entry: $crate::storage::NewHistoryEntry,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> $crate::storage::StoreResult<()> {
-                sqlx::query($crate::storage::shared::INSERT_HISTORY)
+                use $crate::domain::audit::{ChainedEntry, entry_hash};
+                use $crate::storage::shared::*;
+                use chrono::SubsecRound;
+
+                // Both databases keep microseconds, so the hashed time is
+                // cut to microseconds before it is stored.
+                let created_at = now.trunc_subsecs(6);
+                let (sequence, prev_hash): (i64, String) =
+                    sqlx::query_as(RESERVE_HISTORY_POSITION).bind(entry.cylinder_id).fetch_one(&mut **tx).await?;
+                let details = entry.details.to_string();
+                let actor_role = entry.actor.map(|actor| actor.role.as_str());
+                let from_status = entry.from_status.map(|status| status.as_str());
+                let to_status = entry.to_status.map(|status| status.as_str());
+                let hash = entry_hash(
+                    &self.chain_key,
+                    &ChainedEntry {
+                        cylinder_id: entry.cylinder_id,
+                        sequence,
+                        event_type: entry.event.as_str(),
+                        actor_id: entry.actor.map(|actor| actor.user_id),
+                        actor_role,
+                        from_status,
+                        to_status,
+                        notes: &entry.notes,
+                        details: &details,
+                        created_at,
+                        prev_hash: &prev_hash,
+                    },
+                );
+
+                sqlx::query(INSERT_HISTORY)
                     .bind(uuid::Uuid::new_v4())
                     .bind(entry.cylinder_id)
+                    .bind(sequence)
                     .bind(entry.event.as_str())
                     .bind(entry.actor.map(|actor| actor.user_id))
-                    .bind(entry.actor.map(|actor| actor.role.as_str()))
-                    .bind(entry.from_status.map(|status| status.as_str()))
-                    .bind(entry.to_status.map(|status| status.as_str()))
-                    .bind(entry.notes)
-                    .bind(sqlx::types::Json(entry.details))
-                    .bind(now)
+                    .bind(actor_role)
+                    .bind(from_status)
+                    .bind(to_status)
+                    .bind(&entry.notes)
+                    .bind(&details)
+                    .bind(created_at)
+                    .bind(&prev_hash)
+                    .bind(&hash)
                     .execute(&mut **tx)
                     .await?;
+                sqlx::query(SET_HISTORY_HEAD).bind(entry.cylinder_id).bind(&hash).execute(&mut **tx).await?;
                 Ok(())
             }
         }

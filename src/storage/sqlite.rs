@@ -8,7 +8,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
 use super::StoreResult;
+use super::scans::impl_scan_store;
 use super::shared::impl_store;
+use crate::domain::audit::ChainKey;
 
 /// Connections in the pool. SQLite allows one writer at a time, so more
 /// connections only help concurrent readers.
@@ -19,12 +21,13 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    chain_key: ChainKey,
 }
 
 impl SqliteStore {
     /// Opens or creates the database file at `path` in WAL mode with
     /// `synchronous=FULL`, so that a committed scan survives a power cut.
-    pub async fn open(path: &Path) -> StoreResult<Self> {
+    pub async fn open(path: &Path, chain_key: ChainKey) -> StoreResult<Self> {
         let options = SqliteConnectOptions::from_str("sqlite:")?
             .filename(path)
             .create_if_missing(true)
@@ -36,7 +39,7 @@ impl SqliteStore {
             .max_connections(MAX_CONNECTIONS)
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        Ok(Self { pool, chain_key })
     }
 
     async fn run_migrations(&self) -> StoreResult<()> {
@@ -55,3 +58,4 @@ impl SqliteStore {
 }
 
 impl_store!(SqliteStore, Sqlite);
+impl_scan_store!(SqliteStore, Sqlite);

@@ -67,7 +67,7 @@ pub fn postgres_url() -> Option<String> {
 pub async fn fresh_store(backend: Backend, dir: &std::path::Path) -> Arc<dyn Store> {
     let store: Arc<dyn Store> = match backend {
         Backend::Sqlite => Arc::new(
-            SqliteStore::open(&dir.join("test.db"))
+            SqliteStore::open(&dir.join("test.db"), test_chain_key())
                 .await
                 .unwrap_or_else(|error| panic!("open SQLite: {error}")),
         ),
@@ -98,16 +98,24 @@ async fn postgres_schema_store() -> PostgresStore {
     let options = PgConnectOptions::from_str(&url)
         .unwrap_or_else(|error| panic!("parse {POSTGRES_URL_VARIABLE}: {error}"))
         .options([("search_path", schema.as_str())]);
-    PostgresStore::connect_with(options)
+    PostgresStore::connect_with(options, test_chain_key())
         .await
         .unwrap_or_else(|error| panic!("connect to schema {schema}: {error}"))
 }
+
+/// The chain key that `test_variables` gives the server.
+pub fn test_chain_key() -> cyltrack::domain::audit::ChainKey {
+    cyltrack::domain::audit::ChainKey::derive(TEST_SECRET_KEY.as_bytes())
+}
+
+/// `SECRET_KEY` of every test server.
+pub const TEST_SECRET_KEY: &str = "ssssssssssssssssssssssssssssssssssssssssssssssss";
 
 /// Configuration variables with strong secrets and DEBUG off, as in
 /// production.
 pub fn test_variables(dir: &std::path::Path) -> Variables {
     let mut variables = Variables::new();
-    variables.insert("SECRET_KEY".into(), "s".repeat(48));
+    variables.insert("SECRET_KEY".into(), TEST_SECRET_KEY.into());
     variables.insert("JWT_SECRET_KEY".into(), "j".repeat(48));
     variables.insert(
         "SECRETS_FILE".into(),

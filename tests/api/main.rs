@@ -4,9 +4,12 @@
 mod helpers;
 
 mod access_matrix;
+mod audit;
 mod auth;
 mod bad_input;
 mod conformance;
 mod cylinders;
 mod meta;
+mod replay;
+mod scans;
 mod users;

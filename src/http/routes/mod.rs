@@ -4,6 +4,7 @@ mod auth;
 mod cylinders;
 mod depots;
 mod meta;
+mod scans;
 mod users;
 
 use axum::Router;
@@ -12,7 +13,7 @@ use axum::routing::{get, patch, post};
 use super::AppState;
 use super::error::ApiError;
 
-pub use self::{auth::*, cylinders::*, depots::*, meta::*, users::*};
+pub use self::{auth::*, cylinders::*, depots::*, meta::*, scans::*, users::*};
 
 pub fn api_routes() -> Router<AppState> {
     Router::new()
@@ -51,6 +52,17 @@ pub fn api_routes() -> Router<AppState> {
             "/api/v1/cylinders/{id}/history",
             get(cylinders::cylinder_history),
         )
+        .route("/api/v1/cylinders/{id}/scans", get(scans::cylinder_scans))
+        .route(
+            "/api/v1/cylinders/{id}/tamper",
+            post(scans::set_tamper_flag),
+        )
+        .route(
+            "/api/v1/cylinders/{id}/reissue-codes",
+            post(scans::reissue_codes),
+        )
+        .route("/api/v1/scans", post(scans::scan))
+        .route("/api/v1/scans/verify-token", post(scans::verify_token))
 }
 
 /// Returns 404 for every path that no route matches.

@@ -1,0 +1,598 @@
+//! Scanning: verify a code, record the scan and catch cloned labels; check
+//! a scan's auth token; list a cylinder's scans; and the incident response
+//! of staff (tamper flag, code reissue).
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::auth::scan_token;
+use crate::domain::Role;
+use crate::domain::access::Action;
+use crate::domain::codes::{CylinderCodes, auth_hash};
+use crate::domain::scan::{Coordinates, ScanCode, ScanResult, ScanType};
+use crate::domain::value::Notes;
+use crate::http::AppState;
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::extract::{ApiJson, ApiQuery, CurrentUser, PathId};
+use crate::storage::{
+    CodeReissue, RecordedScan, ScanDraft, ScanInput, ScanOutcome, ScanRecord, Scope,
+    TamperFlagOutcome,
+};
+
+use super::cylinders::{CylinderView, PageQuery, page_request};
+
+/// Device clocks may run this far ahead of the server's.
+const CLOCK_SKEW: Duration = Duration::minutes(2);
+/// Oldest event time accepted: a phone that was offline longer than this
+/// has its scans rejected instead of rewriting old history.
+const MAX_SCAN_AGE: Duration = Duration::days(30);
+/// Longest user agent kept, in characters.
+const MAX_USER_AGENT_CHARS: usize = 300;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScanRequest {
+    /// The QR code text or RFID tag id as the scanner read it. Surrounding
+    /// whitespace and CR/LF are ignored; RFID hex is case-insensitive.
+    pub code: String,
+    pub scan_type: ScanType,
+    /// Degrees, -90 to 90; with `longitude`. 0,0 counts as no location.
+    pub latitude: Option<f64>,
+    /// Degrees, -180 to 180; with `latitude`.
+    pub longitude: Option<f64>,
+    /// Radius of the fix in metres.
+    pub accuracy_m: Option<f64>,
+    /// Free-text place, up to 300 characters.
+    pub address: Option<String>,
+    /// When the scan happened, for scans uploaded later; at most 2 minutes
+    /// ahead of the server's clock and 30 days behind it.
+    pub scanned_at: Option<DateTime<Utc>>,
+    /// A retry with the same id returns the first response and records
+    /// nothing new. 1 to 100 characters of A-Z, a-z, 0-9, '.', '_', ':', '-'.
+    pub client_scan_id: Option<String>,
+}
+
+/// The verdict on a scan.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScanResponse {
+    pub scan_id: Uuid,
+    pub result: ScanResult,
+    /// What the scanner should do, in a sentence.
+    pub message: String,
+    /// The cylinder, as far as the scanner's role may see it; absent for
+    /// FAILED.
+    pub cylinder: Option<CylinderView>,
+    pub is_suspicious: bool,
+    pub suspicious_reason: Option<String>,
+    pub warnings: Vec<String>,
+    pub scanned_at: DateTime<Utc>,
+    /// Proof of a VALID verification for a few minutes; check it with
+    /// `POST /api/v1/scans/verify-token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_token_expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyTokenRequest {
+    pub token: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VerifyTokenResponse {
+    /// True when the token is genuine and unexpired.
+    pub valid: bool,
+    /// Why the token is not valid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scan_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cylinder_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+fn parse_client_scan_id(raw: Option<String>) -> Result<Option<String>, ApiError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "._:-".contains(c);
+    if raw.is_empty() || raw.len() > 100 || !raw.chars().all(allowed) {
+        return Err(ApiError::invalid(
+            "client_scan_id",
+            "must be 1 to 100 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'",
+        ));
+    }
+    Ok(Some(raw))
+}
+
+fn parse_scanned_at(
+    raw: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>, ApiError> {
+    let Some(at) = raw else {
+        return Ok(now);
+    };
+    if at > now + CLOCK_SKEW {
+        return Err(ApiError::invalid(
+            "scanned_at",
+            "is in the future; check the device's clock",
+        ));
+    }
+    if at < now - MAX_SCAN_AGE {
+        return Err(ApiError::invalid(
+            "scanned_at",
+            format!("is more than {} days ago", MAX_SCAN_AGE.num_days()),
+        ));
+    }
+    Ok(at)
+}
+
+/// The user agent header without control characters, shortened.
+fn user_agent(headers: &HeaderMap) -> Option<String> {
+    let text = headers.get(header::USER_AGENT)?.to_str().ok()?;
+    let cleaned: String = text
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_USER_AGENT_CHARS)
+        .collect();
+    (!cleaned.is_empty()).then_some(cleaned)
+}
+
+/// Builds the stored response of a new scan for a scanner of `role`.
+fn draft_response(draft: &ScanDraft<'_>, role: Role) -> ScanResponse {
+    ScanResponse {
+        scan_id: draft.scan_id,
+        result: draft.verdict.result,
+        message: draft.verdict.message.clone(),
+        cylinder: draft.cylinder.map(|record| {
+            CylinderView::for_role(record.clone(), role, draft.scanned_at.date_naive())
+        }),
+        is_suspicious: draft.suspicious_reason.is_some(),
+        suspicious_reason: draft.suspicious_reason.map(str::to_string),
+        warnings: draft.verdict.warnings.clone(),
+        scanned_at: draft.scanned_at,
+        auth_token: None,
+        auth_token_expires_at: None,
+    }
+}
+
+/// Adds the auth token to a stored response when the scan was VALID. The
+/// token is computed again, not stored, and is the same on every retry.
+fn with_token(state: &AppState, scan: &RecordedScan) -> Result<serde_json::Value, ApiError> {
+    let mut body: serde_json::Value = serde_json::from_str(&scan.response).map_err(|error| {
+        ApiError::internal(anyhow::anyhow!("stored scan response is not JSON: {error}"))
+    })?;
+    if let (ScanResult::Valid, Some(secret), Some(cylinder_id)) =
+        (scan.result, &scan.token_key, scan.cylinder_id)
+    {
+        let token = scan_token::issue(secret, scan.id, cylinder_id, scan.received_at);
+        let lifetime = Duration::seconds(state.config.scan_token_lifetime.as_secs() as i64);
+        let issued =
+            DateTime::from_timestamp(scan.received_at.timestamp(), 0).unwrap_or(scan.received_at);
+        body["auth_token"] = serde_json::json!(token);
+        body["auth_token_expires_at"] = serde_json::json!(issued + lifetime);
+    }
+    Ok(body)
+}
+
+#[utoipa::path(
+    post, path = "/api/v1/scans", tag = "scans",
+    request_body = ScanRequest,
+    responses(
+        (status = 201, description = "The scan was verified and recorded", body = ScanResponse),
+        (status = 200, description = "A retry of an earlier scan with the same client_scan_id: its first response", body = ScanResponse),
+        (status = 401, description = "Missing or invalid access token", body = ErrorBody),
+        (status = 422, description = "A field is invalid, such as a code with characters no label carries", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all)]
+pub async fn scan(
+    State(state): State<AppState>,
+    current: CurrentUser,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<ScanRequest>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let grant = current.grant(Action::ScanCylinder, "scan cylinders")?;
+    let now = Utc::now();
+    let code = ScanCode::parse("code", &request.code, request.scan_type).inspect_err(|error| {
+        // Unreadable input is logged for support, never counted as a
+        // counterfeit. Debug formatting escapes control characters.
+        let shown: String = request.code.chars().take(80).collect();
+        tracing::warn!(scanner_id = %grant.actor().user_id, code = ?shown, rule = %error.rule, "scan rejected: invalid code");
+    })?;
+    let position = Coordinates::parse(request.latitude, request.longitude, request.accuracy_m)?;
+    let address = request
+        .address
+        .as_deref()
+        .map(|text| Notes::parse("address", text))
+        .transpose()?;
+    if address
+        .as_ref()
+        .is_some_and(|text| text.as_str().chars().count() > 300)
+    {
+        return Err(ApiError::invalid(
+            "address",
+            "must be at most 300 characters",
+        ));
+    }
+    let scanned_at = parse_scanned_at(request.scanned_at, now)?;
+    let client_scan_id = parse_client_scan_id(request.client_scan_id)?;
+
+    if let Some(client_scan_id) = client_scan_id.as_deref()
+        && let Some(first) = state
+            .store
+            .scan_by_client_id(grant.actor().user_id, client_scan_id)
+            .await?
+    {
+        return Ok((StatusCode::OK, Json(with_token(&state, &first)?)));
+    }
+
+    let input = ScanInput {
+        id: Uuid::new_v4(),
+        scanner: grant.actor(),
+        scan_type: request.scan_type,
+        code: code.as_str().to_string(),
+        raw_code: request.code.chars().take(100).collect(),
+        position,
+        address: address
+            .map(Notes::into_inner)
+            .filter(|text| !text.is_empty()),
+        ip_address: Some(peer.ip().to_string()),
+        user_agent: user_agent(&headers),
+        scanned_at,
+        received_at: now,
+        client_scan_id,
+    };
+    let role = current.user.role;
+    let respond = move |draft: &ScanDraft<'_>| {
+        serde_json::to_string(&draft_response(draft, role)).unwrap_or_else(|_| "{}".to_string())
+    };
+    let outcome = state
+        .store
+        .record_scan(input, &state.config.tamper, &respond)
+        .await?;
+
+    let (status, scan) = match outcome {
+        ScanOutcome::Recorded(scan) => (StatusCode::CREATED, scan),
+        ScanOutcome::Replayed(scan) => (StatusCode::OK, scan),
+    };
+    if scan.is_suspicious {
+        tracing::warn!(scan_id = %scan.id, cylinder_id = ?scan.cylinder_id, "security: suspicious scan, cylinder flagged as tampered");
+    }
+    tracing::info!(scan_id = %scan.id, result = scan.result.as_str(), "scan recorded");
+    Ok((status, Json(with_token(&state, &scan)?)))
+}
+
+#[utoipa::path(
+    post, path = "/api/v1/scans/verify-token", tag = "scans",
+    request_body = VerifyTokenRequest,
+    responses(
+        (status = 200, description = "Whether the token is genuine and unexpired", body = VerifyTokenResponse),
+        (status = 422, description = "The token is empty or too long", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn verify_token(
+    State(state): State<AppState>,
+    current: CurrentUser,
+    ApiJson(request): ApiJson<VerifyTokenRequest>,
+) -> Result<Json<VerifyTokenResponse>, ApiError> {
+    current.grant(Action::ScanCylinder, "verify scan tokens")?;
+    if request.token.trim().is_empty() {
+        return Err(ApiError::invalid("token", "must not be empty"));
+    }
+    if request.token.len() > scan_token::MAX_TOKEN_BYTES {
+        return Err(ApiError::invalid(
+            "token",
+            format!("must be at most {} bytes", scan_token::MAX_TOKEN_BYTES),
+        ));
+    }
+    let invalid = |reason| {
+        Json(VerifyTokenResponse {
+            valid: false,
+            reason: Some(reason),
+            scan_id: None,
+            cylinder_id: None,
+            expires_at: None,
+        })
+    };
+
+    let Some(parsed) = scan_token::parse(&request.token) else {
+        return Ok(invalid("malformed"));
+    };
+    let scan = state.store.scan_for_token(parsed.scan_id).await?;
+    let authentic = scan.as_ref().and_then(|scan| {
+        let (secret, cylinder_id) = (scan.token_key.as_ref()?, scan.cylinder_id?);
+        (scan.result == ScanResult::Valid && scan_token::is_authentic(&parsed, secret, cylinder_id))
+            .then_some(cylinder_id)
+    });
+    let Some(cylinder_id) = authentic else {
+        return Ok(invalid("not genuine"));
+    };
+    let expires_at =
+        parsed.issued_at + Duration::seconds(state.config.scan_token_lifetime.as_secs() as i64);
+    if Utc::now() >= expires_at {
+        return Ok(invalid("expired"));
+    }
+    Ok(Json(VerifyTokenResponse {
+        valid: true,
+        reason: None,
+        scan_id: Some(parsed.scan_id),
+        cylinder_id: Some(cylinder_id),
+        expires_at: Some(expires_at),
+    }))
+}
+
+/// One scan of a cylinder. Staff see everything; a customer or driver sees
+/// where and by whom only for their own scans, and never the network
+/// details.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScanView {
+    pub id: Uuid,
+    pub scan_type: ScanType,
+    pub result: ScanResult,
+    pub verification_message: String,
+    pub is_suspicious: bool,
+    pub suspicious_reason: Option<String>,
+    pub scanner_role: Role,
+    pub scanned_at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scanned_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scanner_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latitude: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub longitude: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy_m: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Staff only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_address: Option<String>,
+    /// Staff only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_scan_id: Option<String>,
+}
+
+impl ScanView {
+    fn for_viewer(record: ScanRecord, viewer: &CurrentUser) -> Self {
+        let staff = viewer.user.role.is_staff();
+        let own = record.scanner_id == viewer.user.id;
+        let sees_place = staff || own;
+        Self {
+            id: record.id,
+            scan_type: record.scan_type,
+            result: record.result,
+            verification_message: record.verification_message,
+            is_suspicious: record.is_suspicious,
+            suspicious_reason: record.suspicious_reason,
+            scanner_role: record.scanner_role,
+            scanned_at: record.scanned_at,
+            received_at: record.received_at,
+            scanned_code: staff.then_some(record.scanned_code),
+            scanner_id: sees_place.then_some(record.scanner_id),
+            latitude: record.latitude.filter(|_| sees_place),
+            longitude: record.longitude.filter(|_| sees_place),
+            accuracy_m: record.accuracy_m.filter(|_| sees_place),
+            address: record.address.filter(|_| sees_place),
+            ip_address: record.ip_address.filter(|_| staff),
+            user_agent: record.user_agent.filter(|_| staff),
+            client_scan_id: record.client_scan_id.filter(|_| sees_place),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScanPage {
+    pub items: Vec<ScanView>,
+    pub page: u32,
+    pub per_page: u32,
+    pub has_more: bool,
+}
+
+#[utoipa::path(
+    get, path = "/api/v1/cylinders/{id}/scans", tag = "scans",
+    params(("id" = Uuid, Path, description = "Cylinder id"), PageQuery),
+    responses(
+        (status = 200, description = "Scans, newest event first", body = ScanPage),
+        (status = 404, description = "No such cylinder, or not one of the caller's own", body = ErrorBody),
+        (status = 422, description = "A query parameter is invalid", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn cylinder_scans(
+    State(state): State<AppState>,
+    current: CurrentUser,
+    PathId(id): PathId,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<Json<ScanPage>, ApiError> {
+    let grant = current.grant(Action::ViewHistory, "view cylinder scans")?;
+    let page = page_request(query.page.as_deref(), query.per_page.as_deref())?;
+    state
+        .store
+        .cylinder(id, grant.scope())
+        .await?
+        .ok_or(ApiError::NotFound("cylinder"))?;
+
+    let found = state.store.cylinder_scans(id, page).await?;
+    Ok(Json(ScanPage {
+        items: found
+            .items
+            .into_iter()
+            .map(|record| ScanView::for_viewer(record, &current))
+            .collect(),
+        page: found.page,
+        per_page: found.per_page,
+        has_more: found.has_more,
+    }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TamperRequest {
+    /// True to flag the cylinder, false to clear the flag.
+    pub is_tampered: bool,
+    /// What was found, 1 to 1,000 characters; required for both.
+    pub notes: String,
+}
+
+#[utoipa::path(
+    post, path = "/api/v1/cylinders/{id}/tamper", tag = "scans",
+    params(("id" = Uuid, Path, description = "Cylinder id")),
+    request_body = TamperRequest,
+    responses(
+        (status = 200, description = "The cylinder with its new flag", body = CylinderView),
+        (status = 403, description = "Only dispatchers and admins", body = ErrorBody),
+        (status = 404, description = "No such cylinder", body = ErrorBody),
+        (status = 409, description = "The flag already has this value", body = ErrorBody),
+        (status = 422, description = "A field is invalid", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(cylinder_id = %id))]
+pub async fn set_tamper_flag(
+    State(state): State<AppState>,
+    current: CurrentUser,
+    PathId(id): PathId,
+    ApiJson(request): ApiJson<TamperRequest>,
+) -> Result<Json<CylinderView>, ApiError> {
+    let grant = current.grant(Action::InvestigateIncidents, "set or clear tamper flags")?;
+    let notes = Notes::parse("notes", &request.notes)?;
+    if notes.as_str().is_empty() {
+        return Err(ApiError::invalid(
+            "notes",
+            "must not be empty: say what was found",
+        ));
+    }
+
+    let outcome = state
+        .store
+        .set_tamper_flag(
+            id,
+            request.is_tampered,
+            notes.into_inner(),
+            grant.actor(),
+            Utc::now(),
+        )
+        .await?;
+    match outcome {
+        TamperFlagOutcome::Changed(record) => {
+            tracing::warn!(
+                flagged = request.is_tampered,
+                "security: tamper flag changed by hand"
+            );
+            Ok(Json(CylinderView::for_role(
+                record,
+                current.user.role,
+                Utc::now().date_naive(),
+            )))
+        }
+        TamperFlagOutcome::Unchanged(_) => Err(ApiError::Conflict {
+            code: "tamper_flag_unchanged",
+            message: format!(
+                "the cylinder is already {}",
+                if request.is_tampered {
+                    "flagged as tampered"
+                } else {
+                    "not flagged"
+                }
+            ),
+            field: Some("is_tampered"),
+        }),
+        TamperFlagOutcome::NotFound => Err(ApiError::NotFound("cylinder")),
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReissueRequest {
+    /// Why the labels are replaced, 1 to 1,000 characters.
+    pub reason: String,
+}
+
+#[utoipa::path(
+    post, path = "/api/v1/cylinders/{id}/reissue-codes", tag = "scans",
+    params(("id" = Uuid, Path, description = "Cylinder id")),
+    request_body = ReissueRequest,
+    responses(
+        (status = 200, description = "The cylinder with its new codes; scanning an old one now gives REVOKED", body = CylinderView),
+        (status = 403, description = "Only dispatchers and admins", body = ErrorBody),
+        (status = 404, description = "No such cylinder", body = ErrorBody),
+        (status = 409, description = "The cylinder is retired", body = ErrorBody),
+        (status = 422, description = "A field is invalid", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(cylinder_id = %id))]
+pub async fn reissue_codes(
+    State(state): State<AppState>,
+    current: CurrentUser,
+    PathId(id): PathId,
+    ApiJson(request): ApiJson<ReissueRequest>,
+) -> Result<Json<CylinderView>, ApiError> {
+    use secrecy::ExposeSecret;
+
+    let grant = current.grant(Action::InvestigateIncidents, "reissue cylinder codes")?;
+    let reason = Notes::parse("reason", &request.reason)?;
+    if reason.as_str().is_empty() {
+        return Err(ApiError::invalid("reason", "must not be empty"));
+    }
+    let existing = state
+        .store
+        .cylinder(id, Scope::All)
+        .await?
+        .ok_or(ApiError::NotFound("cylinder"))?;
+    if existing.status == crate::domain::CylinderStatus::Retired {
+        return Err(ApiError::Conflict {
+            code: "cylinder_retired",
+            message: "a RETIRED cylinder gets no new codes".into(),
+            field: None,
+        });
+    }
+
+    let codes = CylinderCodes::generate().map_err(ApiError::internal)?;
+    let server_key = state.config.secret_key.expose_secret().as_bytes();
+    let reissue = CodeReissue {
+        cylinder_id: id,
+        auth_hash: auth_hash(
+            server_key,
+            &existing.serial_number,
+            &codes.qr_code,
+            &codes.rfid_tag,
+            &codes.secret_key,
+        ),
+        qr_code: codes.qr_code,
+        rfid_tag: codes.rfid_tag,
+        secret_key: codes.secret_key.to_vec(),
+        reason: reason.into_inner(),
+    };
+    let record = state
+        .store
+        .reissue_codes(reissue, grant.actor(), Utc::now())
+        .await?
+        .ok_or(ApiError::NotFound("cylinder"))?;
+    tracing::warn!("security: cylinder codes reissued; the old codes are revoked");
+    Ok(Json(CylinderView::for_role(
+        record,
+        current.user.role,
+        Utc::now().date_naive(),
+    )))
+}

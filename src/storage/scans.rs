@@ -1,0 +1,356 @@
+//! SQL and use-case code of the scan path, the tamper flag, code reissue
+//! and the audit reads, shared by both backends like [`super::shared`].
+
+/// Finds the cylinder with a QR code and locks its row until commit, so
+/// that scans of one cylinder are judged one after the other.
+pub(super) const LOCK_BY_QR: &str = "UPDATE cylinders SET last_scanned_at = $2 WHERE qr_code = $1 \
+     RETURNING id, serial_number, brand, capacity_kg, qr_code, rfid_tag, status, is_tampered, tamper_notes, \
+     manufacture_date, expiry_date, depot_id, customer_id, driver_id, created_at, updated_at, secret_key";
+
+pub(super) const LOCK_BY_RFID: &str = "UPDATE cylinders SET last_scanned_at = $2 WHERE rfid_tag = $1 \
+     RETURNING id, serial_number, brand, capacity_kg, qr_code, rfid_tag, status, is_tampered, tamper_notes, \
+     manufacture_date, expiry_date, depot_id, customer_id, driver_id, created_at, updated_at, secret_key";
+
+pub(super) const LOCK_BY_ID: &str = "UPDATE cylinders SET last_scanned_at = $2 WHERE id = $1 \
+     RETURNING id, serial_number, brand, capacity_kg, qr_code, rfid_tag, status, is_tampered, tamper_notes, \
+     manufacture_date, expiry_date, depot_id, customer_id, driver_id, created_at, updated_at, secret_key";
+
+pub(super) const FIND_REVOKED_CODE: &str =
+    "SELECT cylinder_id FROM revoked_codes WHERE code = $1 AND scan_type = $2";
+
+/// Event times of a cylinder's scans in an open interval, for the rapid
+/// scan rule.
+pub(super) const SCAN_TIMES_NEAR: &str = "SELECT scanned_at FROM cylinder_scans WHERE cylinder_id = $1 AND scanned_at > $2 AND scanned_at < $3";
+
+/// The located scans of a cylinder just before and just after an event
+/// time, for the movement rule.
+pub(super) const LOCATED_NEIGHBOURS: &str = "SELECT scanned_at, latitude, longitude, accuracy_m FROM ( \
+       SELECT s.scanned_at, c.latitude, c.longitude, c.accuracy_m FROM cylinder_scans s \
+       JOIN scan_context c ON c.scan_id = s.id \
+       WHERE s.cylinder_id = $1 AND s.scanned_at <= $2 AND c.latitude IS NOT NULL \
+       ORDER BY s.scanned_at DESC LIMIT 1) AS before_scan \
+     UNION ALL \
+     SELECT scanned_at, latitude, longitude, accuracy_m FROM ( \
+       SELECT s.scanned_at, c.latitude, c.longitude, c.accuracy_m FROM cylinder_scans s \
+       JOIN scan_context c ON c.scan_id = s.id \
+       WHERE s.cylinder_id = $1 AND s.scanned_at > $2 AND c.latitude IS NOT NULL \
+       ORDER BY s.scanned_at ASC LIMIT 1) AS after_scan";
+
+pub(super) const INSERT_SCAN: &str = "INSERT INTO cylinder_scans \
+     (id, cylinder_id, scan_type, result, scanned_code, scanner_id, scanner_role, verification_message, \
+      is_suspicious, suspicious_reason, scanned_at, received_at, client_scan_id, response) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+
+pub(super) const INSERT_SCAN_CONTEXT: &str = "INSERT INTO scan_context \
+     (scan_id, ip_address, user_agent, latitude, longitude, accuracy_m, address) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+pub(super) const FLAG_TAMPERED: &str = "UPDATE cylinders SET is_tampered = TRUE, tamper_notes = $2, updated_at = $3 \
+     WHERE id = $1";
+
+pub(super) const INSERT_SECURITY_EVENT: &str = "INSERT INTO security_events \
+     (id, kind, cylinder_id, scan_id, details, created_at) VALUES ($1, $2, $3, $4, $5, $6)";
+
+pub(super) const SCAN_BY_CLIENT_ID: &str = "SELECT s.id, s.cylinder_id, s.result, s.is_suspicious, s.response, \
+     s.received_at, c.secret_key FROM cylinder_scans s LEFT JOIN cylinders c ON c.id = s.cylinder_id \
+     WHERE s.scanner_id = $1 AND s.client_scan_id = $2";
+
+pub(super) const SCAN_BY_ID: &str = "SELECT s.id, s.cylinder_id, s.result, s.is_suspicious, s.response, \
+     s.received_at, c.secret_key FROM cylinder_scans s LEFT JOIN cylinders c ON c.id = s.cylinder_id \
+     WHERE s.id = $1";
+
+pub(super) const LIST_SCANS: &str = "SELECT s.id, s.cylinder_id, s.scan_type, s.result, s.scanned_code, \
+     s.scanner_id, s.scanner_role, s.verification_message, s.is_suspicious, s.suspicious_reason, s.scanned_at, \
+     s.received_at, s.client_scan_id, c.ip_address, c.user_agent, c.latitude, c.longitude, c.accuracy_m, c.address \
+     FROM cylinder_scans s LEFT JOIN scan_context c ON c.scan_id = s.id \
+     WHERE s.cylinder_id = $1 ORDER BY s.scanned_at DESC, s.id LIMIT $2 OFFSET $3";
+
+pub(super) const SET_TAMPER_FLAG: &str = "UPDATE cylinders SET is_tampered = $2, tamper_notes = $3, updated_at = $4 \
+     WHERE id = $1 AND is_tampered <> $2 \
+     RETURNING id, serial_number, brand, capacity_kg, qr_code, rfid_tag, status, is_tampered, tamper_notes, \
+     manufacture_date, expiry_date, depot_id, customer_id, driver_id, created_at, updated_at";
+
+/// Locks the cylinder and returns its current codes, which are about to be
+/// revoked.
+pub(super) const LOCK_CODES: &str =
+    "UPDATE cylinders SET updated_at = $2 WHERE id = $1 RETURNING qr_code, rfid_tag";
+
+pub(super) const INSERT_REVOKED_CODE: &str = "INSERT INTO revoked_codes \
+     (code, scan_type, cylinder_id, revoked_at, revoked_by, reason) VALUES ($1, $2, $3, $4, $5, $6)";
+
+pub(super) const SET_CODES: &str = "UPDATE cylinders SET qr_code = $2, rfid_tag = $3, secret_key = $4, auth_hash = $5, \
+     updated_at = $6 WHERE id = $1 \
+     RETURNING id, serial_number, brand, capacity_kg, qr_code, rfid_tag, status, is_tampered, tamper_notes, \
+     manufacture_date, expiry_date, depot_id, customer_id, driver_id, created_at, updated_at";
+
+pub(super) const CHAIN_HEADS_FIRST: &str = "SELECT id, serial_number, history_count, last_history_hash \
+     FROM cylinders ORDER BY id LIMIT $1";
+
+pub(super) const CHAIN_HEADS_AFTER: &str = "SELECT id, serial_number, history_count, last_history_hash \
+     FROM cylinders WHERE id > $1 ORDER BY id LIMIT $2";
+
+pub(super) const SCAN_LINKS: &str = "SELECT id, result, is_suspicious FROM cylinder_scans WHERE cylinder_id = $1 ORDER BY scanned_at, id";
+
+pub(super) const PENDING_SECURITY_EVENTS: &str =
+    "SELECT COUNT(*) FROM security_events WHERE delivered_at IS NULL";
+
+/// Implements the scan-path use cases as inherent methods of `$store`; the
+/// `Store` implementation of [`super::shared::impl_store`] delegates to them.
+macro_rules! impl_scan_store {
+    ($store:ty, $db:ty) => {
+        impl $store {
+            /// Records a scan; see [`crate::storage::Store::record_scan`].
+            async fn record_scan_in_transaction(
+                &self,
+                scan: $crate::storage::ScanInput,
+                policy: &$crate::domain::scan::TamperPolicy,
+                respond: $crate::storage::ScanResponder<'_>,
+            ) -> $crate::storage::StoreResult<$crate::storage::ScanOutcome> {
+                use $crate::domain::scan::{ScanFacts, ScanType, verdict};
+                use $crate::storage::scans::*;
+                use $crate::storage::{HistoryEvent, NewHistoryEntry, RecordedScan, ScanDraft, ScanOutcome, Store as _};
+
+                let mut tx = self.begin_write().await?;
+
+                // Find and lock the cylinder, through a revoked code if need be.
+                let lock = match scan.scan_type {
+                    ScanType::Qr => LOCK_BY_QR,
+                    ScanType::Rfid => LOCK_BY_RFID,
+                };
+                let mut found: Option<$crate::storage::models::CylinderSecretRow> =
+                    sqlx::query_as(lock).bind(&scan.code).bind(scan.received_at).fetch_optional(&mut *tx).await?;
+                let mut code_revoked = false;
+                if found.is_none() {
+                    let revoked: Option<(uuid::Uuid,)> = sqlx::query_as(FIND_REVOKED_CODE)
+                        .bind(&scan.code)
+                        .bind(scan.scan_type.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if let Some((cylinder_id,)) = revoked {
+                        code_revoked = true;
+                        found = sqlx::query_as(LOCK_BY_ID)
+                            .bind(cylinder_id)
+                            .bind(scan.received_at)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    }
+                }
+                let (mut cylinder, secret) = match found {
+                    Some(row) => (Some(row.cylinder.into_record()?), Some(row.secret_key)),
+                    None => (None, None),
+                };
+
+                let suspicious = match &cylinder {
+                    Some(record) => self.apply_tamper_rules(&mut tx, record.id, &scan, policy).await?,
+                    None => None,
+                };
+                let facts = cylinder.as_ref().map(|record| ScanFacts {
+                    status: record.status,
+                    expiry_date: record.expiry_date,
+                    is_tampered: record.is_tampered,
+                    code_revoked,
+                });
+                let outcome = verdict(facts.as_ref(), suspicious.as_deref(), scan.scanned_at.date_naive());
+                if let (Some(record), Some(reason)) = (cylinder.as_mut(), suspicious.as_deref()) {
+                    record.is_tampered = true;
+                    record.tamper_notes = reason.to_string();
+                }
+
+                let response = respond(&ScanDraft {
+                    scan_id: scan.id,
+                    cylinder: cylinder.as_ref(),
+                    verdict: &outcome,
+                    suspicious_reason: suspicious.as_deref(),
+                    scanned_at: scan.scanned_at,
+                });
+                let inserted = sqlx::query(INSERT_SCAN)
+                    .bind(scan.id)
+                    .bind(cylinder.as_ref().map(|record| record.id))
+                    .bind(scan.scan_type.as_str())
+                    .bind(outcome.result.as_str())
+                    .bind(&scan.raw_code)
+                    .bind(scan.scanner.user_id)
+                    .bind(scan.scanner.role.as_str())
+                    .bind(&outcome.message)
+                    .bind(suspicious.is_some())
+                    .bind(suspicious.as_deref())
+                    .bind(scan.scanned_at)
+                    .bind(scan.received_at)
+                    .bind(scan.client_scan_id.as_deref())
+                    .bind(&response)
+                    .execute(&mut *tx)
+                    .await;
+                if let Err(error) = inserted {
+                    // Two retries of one scan raced; the other one won.
+                    let duplicate = matches!(&error, sqlx::Error::Database(database) if database.is_unique_violation());
+                    if let (true, Some(client_scan_id)) = (duplicate, scan.client_scan_id.as_deref()) {
+                        tx.rollback().await?;
+                        let first = self.scan_by_client_id(scan.scanner.user_id, client_scan_id).await?;
+                        if let Some(first) = first {
+                            return Ok(ScanOutcome::Replayed(first));
+                        }
+                    }
+                    return Err(error.into());
+                }
+
+                let has_context = scan.ip_address.is_some()
+                    || scan.user_agent.is_some()
+                    || scan.position.is_some()
+                    || scan.address.is_some();
+                if has_context {
+                    sqlx::query(INSERT_SCAN_CONTEXT)
+                        .bind(scan.id)
+                        .bind(scan.ip_address.as_deref())
+                        .bind(scan.user_agent.as_deref())
+                        .bind(scan.position.map(|fix| fix.latitude))
+                        .bind(scan.position.map(|fix| fix.longitude))
+                        .bind(scan.position.and_then(|fix| fix.accuracy_m))
+                        .bind(scan.address.as_deref())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+
+                if let Some(record) = &cylinder {
+                    let entry = NewHistoryEntry {
+                        cylinder_id: record.id,
+                        event: HistoryEvent::Scanned,
+                        actor: Some(scan.scanner),
+                        from_status: None,
+                        to_status: None,
+                        notes: String::new(),
+                        details: serde_json::json!({
+                            "scan_id": scan.id,
+                            "scan_type": scan.scan_type.as_str(),
+                            "result": outcome.result.as_str(),
+                            "is_suspicious": suspicious.is_some(),
+                            "scanned_at": scan.scanned_at,
+                        }),
+                    };
+                    self.append_history(&mut tx, entry, scan.received_at).await?;
+                }
+                if let (Some(record), Some(reason)) = (&cylinder, suspicious.as_deref()) {
+                    self.flag_detected_tamper(&mut tx, record.id, scan.id, reason, &scan).await?;
+                }
+                tx.commit().await?;
+
+                Ok(ScanOutcome::Recorded(RecordedScan {
+                    id: scan.id,
+                    cylinder_id: cylinder.as_ref().map(|record| record.id),
+                    result: outcome.result,
+                    is_suspicious: suspicious.is_some(),
+                    response,
+                    received_at: scan.received_at,
+                    token_key: secret,
+                }))
+            }
+
+            /// Applies both cloning rules to a scan of `cylinder_id` and
+            /// returns the reason when one fires.
+            async fn apply_tamper_rules(
+                &self,
+                tx: &mut sqlx::Transaction<'static, $db>,
+                cylinder_id: uuid::Uuid,
+                scan: &$crate::storage::ScanInput,
+                policy: &$crate::domain::scan::TamperPolicy,
+            ) -> $crate::storage::StoreResult<Option<String>> {
+                use $crate::domain::scan::{Coordinates, LocatedScan, impossible_movement, is_rapid};
+                use $crate::storage::scans::*;
+
+                let at = scan.scanned_at;
+                let nearby: Vec<(chrono::DateTime<chrono::Utc>,)> = sqlx::query_as(SCAN_TIMES_NEAR)
+                    .bind(cylinder_id)
+                    .bind(at - policy.rapid_window)
+                    .bind(at + policy.rapid_window)
+                    .fetch_all(&mut **tx)
+                    .await?;
+                let times: Vec<_> = nearby.into_iter().map(|(time,)| time).collect();
+                if is_rapid(policy, at, &times) {
+                    return Ok(Some(format!(
+                        "scanned more than {} times within {} minutes: possible cloned label",
+                        policy.rapid_limit,
+                        policy.rapid_window.num_minutes()
+                    )));
+                }
+
+                let Some(position) = scan.position else {
+                    return Ok(None);
+                };
+                let this = LocatedScan { at, position };
+                let neighbours: Vec<(chrono::DateTime<chrono::Utc>, f64, f64, Option<f64>)> =
+                    sqlx::query_as(LOCATED_NEIGHBOURS).bind(cylinder_id).bind(at).fetch_all(&mut **tx).await?;
+                for (time, latitude, longitude, accuracy_m) in neighbours {
+                    let other = LocatedScan { at: time, position: Coordinates { latitude, longitude, accuracy_m } };
+                    let (first, second) = if other.at <= at { (&other, &this) } else { (&this, &other) };
+                    if let Some(reason) = impossible_movement(policy, first, second) {
+                        return Ok(Some(reason));
+                    }
+                }
+                Ok(None)
+            }
+
+            /// Flags the cylinder, appends TAMPER_DETECTED and queues a
+            /// security event, all in the scan's transaction.
+            async fn flag_detected_tamper(
+                &self,
+                tx: &mut sqlx::Transaction<'static, $db>,
+                cylinder_id: uuid::Uuid,
+                scan_id: uuid::Uuid,
+                reason: &str,
+                scan: &$crate::storage::ScanInput,
+            ) -> $crate::storage::StoreResult<()> {
+                use $crate::storage::scans::*;
+                use $crate::storage::{HistoryEvent, NewHistoryEntry};
+
+                sqlx::query(FLAG_TAMPERED)
+                    .bind(cylinder_id)
+                    .bind(reason)
+                    .bind(scan.received_at)
+                    .execute(&mut **tx)
+                    .await?;
+                let details = serde_json::json!({
+                    "scan_id": scan_id,
+                    "reason": reason,
+                    "scanner_id": scan.scanner.user_id,
+                    "scanner_role": scan.scanner.role.as_str(),
+                    "scanned_at": scan.scanned_at,
+                });
+                let entry = NewHistoryEntry {
+                    cylinder_id,
+                    event: HistoryEvent::TamperDetected,
+                    actor: Some(scan.scanner),
+                    from_status: None,
+                    to_status: None,
+                    notes: reason.to_string(),
+                    details: details.clone(),
+                };
+                self.append_history(tx, entry, scan.received_at).await?;
+                sqlx::query(INSERT_SECURITY_EVENT)
+                    .bind(uuid::Uuid::new_v4())
+                    .bind("TAMPER_DETECTED")
+                    .bind(cylinder_id)
+                    .bind(scan_id)
+                    .bind(details.to_string())
+                    .bind(scan.received_at)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(())
+            }
+
+            async fn stored_scan(
+                &self,
+                sql: &'static str,
+                bind_first: uuid::Uuid,
+                bind_second: Option<&str>,
+            ) -> $crate::storage::StoreResult<Option<$crate::storage::RecordedScan>> {
+                let mut query = sqlx::query_as::<_, $crate::storage::models::StoredScanRow>(sql).bind(bind_first);
+                if let Some(second) = bind_second {
+                    query = query.bind(second.to_string());
+                }
+                let row = query.fetch_optional(&self.pool).await?;
+                row.map(|row| row.into_recorded()).transpose()
+            }
+        }
+    };
+}
+
+pub(super) use impl_scan_store;
