@@ -3,6 +3,7 @@
 //!
 //! | Action             | Customer | Driver | Dispatcher | Admin |
 //! |--------------------|----------|--------|------------|-------|
+//! | Scan a cylinder    | yes      | yes    | yes        | yes   |
 //! | View own cylinders | yes      | yes    | yes        | yes   |
 //! | View all cylinders | no       | no     | yes        | yes   |
 //! | Register           | no       | no     | yes        | yes   |
@@ -62,6 +63,24 @@ const CASES: &[(&str, [u16; 5])] = &[
     (
         "GET /api/v1/cylinders/{other}/history",
         [401, 404, 404, 200, 200],
+    ),
+    ("POST /api/v1/scans", [401, 201, 201, 201, 201]),
+    ("POST /api/v1/scans/verify-token", [401, 200, 200, 200, 200]),
+    (
+        "GET /api/v1/cylinders/{own}/scans",
+        [401, 200, 200, 200, 200],
+    ),
+    (
+        "GET /api/v1/cylinders/{other}/scans",
+        [401, 404, 404, 200, 200],
+    ),
+    (
+        "POST /api/v1/cylinders/{id}/tamper",
+        [401, 403, 403, 200, 200],
+    ),
+    (
+        "POST /api/v1/cylinders/{id}/reissue-codes",
+        [401, 403, 403, 200, 200],
     ),
     ("GET /api/v1/users", [401, 403, 403, 200, 200]),
     ("GET /api/v1/users/{id}", [401, 403, 403, 200, 200]),
@@ -145,10 +164,9 @@ async fn perform(
             "MX-{}",
             Uuid::new_v4().simple().to_string()[..12].to_uppercase()
         );
-        app.register_cylinder(&fixture.admin_token, &serial).await["id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
+        let body = app.register_cylinder(&fixture.admin_token, &serial).await;
+        let text = |key: &str| body[key].as_str().unwrap_or_default().to_string();
+        (text("id"), text("qr_code"))
     };
     let (method, path, body) = match case {
         "GET /api/v1/me" => (Method::GET, "/api/v1/me".to_string(), None),
@@ -173,8 +191,48 @@ async fn perform(
             "/api/v1/cylinders".to_string(),
             Some(cylinder_body(&format!("MX-NEW-{caller}"))),
         ),
+        "POST /api/v1/scans" => {
+            let (_, qr_code) = fresh_cylinder().await;
+            (
+                Method::POST,
+                "/api/v1/scans".to_string(),
+                Some(json!({"code": qr_code, "scan_type": "QR"})),
+            )
+        }
+        "POST /api/v1/scans/verify-token" => (
+            Method::POST,
+            "/api/v1/scans/verify-token".to_string(),
+            Some(json!({"token": "not-a-token"})),
+        ),
+        "GET /api/v1/cylinders/{own}/scans" => (
+            Method::GET,
+            format!("/api/v1/cylinders/{}/scans", fixture.own_cylinder),
+            None,
+        ),
+        "GET /api/v1/cylinders/{other}/scans" => (
+            Method::GET,
+            format!("/api/v1/cylinders/{}/scans", fixture.other_cylinder),
+            None,
+        ),
+        "POST /api/v1/cylinders/{id}/tamper" => {
+            let (id, _) = fresh_cylinder().await;
+            let body = json!({"is_tampered": true, "notes": "label peeling, sent for inspection"});
+            (
+                Method::POST,
+                format!("/api/v1/cylinders/{id}/tamper"),
+                Some(body),
+            )
+        }
+        "POST /api/v1/cylinders/{id}/reissue-codes" => {
+            let (id, _) = fresh_cylinder().await;
+            (
+                Method::POST,
+                format!("/api/v1/cylinders/{id}/reissue-codes"),
+                Some(json!({"reason": "damaged label"})),
+            )
+        }
         "PATCH /api/v1/cylinders/{id}/status" => {
-            let id = fresh_cylinder().await;
+            let (id, _) = fresh_cylinder().await;
             (
                 Method::PATCH,
                 format!("/api/v1/cylinders/{id}/status"),
@@ -182,7 +240,7 @@ async fn perform(
             )
         }
         "POST /api/v1/cylinders/{id}/assign" => {
-            let id = fresh_cylinder().await;
+            let (id, _) = fresh_cylinder().await;
             (
                 Method::POST,
                 format!("/api/v1/cylinders/{id}/assign"),

@@ -32,6 +32,11 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("patch", "/api/v1/cylinders/{id}/status"),
     ("post", "/api/v1/cylinders/{id}/assign"),
     ("get", "/api/v1/cylinders/{id}/history"),
+    ("get", "/api/v1/cylinders/{id}/scans"),
+    ("post", "/api/v1/cylinders/{id}/tamper"),
+    ("post", "/api/v1/cylinders/{id}/reissue-codes"),
+    ("post", "/api/v1/scans"),
+    ("post", "/api/v1/scans/verify-token"),
 ];
 
 async fn openapi_lists_every_endpoint(backend: Backend) {
