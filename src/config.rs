@@ -190,7 +190,7 @@ pub fn load(variables: &Variables) -> Result<(Config, Vec<&'static str>), Config
     let config = Config {
         debug,
         secret_key,
-        allowed_hosts: reader.list("ALLOWED_HOSTS"),
+        allowed_hosts: reader.allowed_hosts()?,
         database: reader.database()?,
         jwt: JwtConfig {
             algorithm: reader.jwt_algorithm()?,
@@ -262,6 +262,32 @@ impl Reader<'_> {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Reads `ALLOWED_HOSTS`: host names or IP addresses, each optionally
+    /// with a leading dot for every subdomain, or `*` for any host.
+    fn allowed_hosts(&self) -> Result<Vec<String>, ConfigError> {
+        let hosts = self.list("ALLOWED_HOSTS");
+        for host in &hosts {
+            let name = host.strip_prefix('.').unwrap_or(host);
+            let valid = host == "*"
+                || name.parse::<std::net::IpAddr>().is_ok()
+                || (!name.is_empty()
+                    && name.len() <= 253
+                    && name.split('.').all(|label| {
+                        !label.is_empty()
+                            && label.len() <= 63
+                            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    }));
+            if !valid {
+                return Err(ConfigError::new(
+                    "ALLOWED_HOSTS",
+                    format!("'{host}' is not a host name"),
+                    "list bare host names separated by commas, such as cyltrack.example.co.ke,.example.co.ke, without scheme, port or path",
+                ));
+            }
+        }
+        Ok(hosts)
     }
 
     fn positive(&self, name: &str, default: u32) -> Result<u32, ConfigError> {
@@ -757,6 +783,8 @@ mod tests {
             ("SECURITY_WEBHOOK_URL", "ftp://hooks.example.com"),
             ("JWT_ALGORITHM", "none"),
             ("LOG_FORMAT", "xml"),
+            ("ALLOWED_HOSTS", "http://example.com/path"),
+            ("ALLOWED_HOSTS", "a b,,!!"),
             ("SCAN_RAPID_LIMIT", "0"),
             ("SCAN_RAPID_WINDOW", "5"),
             ("SCAN_MAX_SPEED_KMH", "5000"),

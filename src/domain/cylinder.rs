@@ -38,8 +38,8 @@ pub enum TransitionError {
         to: CylinderStatus,
     },
     #[error(
-        "the cylinder's requalification was due on {due}, so it cannot be set to {to}; \
-         send it to MAINTENANCE for requalification"
+        "the cylinder's requalification was due on {due}, so it cannot be set to {to} \
+         until it is requalified"
     )]
     RequalificationOverdue { due: NaiveDate, to: CylinderStatus },
     #[error(
@@ -74,10 +74,11 @@ impl CylinderStatus {
         }
     }
 
+    /// Parses the wire form, ignoring case.
     pub fn parse(text: &str) -> Option<CylinderStatus> {
         CylinderStatus::ALL
             .into_iter()
-            .find(|status| status.as_str() == text)
+            .find(|status| status.as_str().eq_ignore_ascii_case(text))
     }
 
     /// Returns the statuses reachable from this one in a single step.

@@ -118,16 +118,32 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        JsonBody::from_request(request, state)
+            .await?
+            .decode()
+            .map(ApiJson)
+    }
+}
+
+/// A request body that is read but not yet decoded, so that a handler can
+/// check the caller's permission first: a caller without it gets 403
+/// whatever the body holds. Only a body over the size limit is rejected
+/// before that, with 413.
+pub struct JsonBody {
+    is_json: bool,
+    bytes: Bytes,
+}
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
         let is_json = request
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.split(';').next())
             .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
-        if !is_json {
-            return Err(ApiError::UnsupportedMediaType);
-        }
-
         let bytes = Bytes::from_request(request, state)
             .await
             .map_err(|rejection| {
@@ -139,12 +155,32 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                     ))
                 }
             })?;
-        decode_json(&bytes).map(ApiJson)
+        Ok(Self { is_json, bytes })
     }
 }
 
-/// Decodes `bytes`, mapping serde's errors to field-level API errors.
+impl JsonBody {
+    /// Checks the content type and decodes the body into `T`.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        if !self.is_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        decode_json(&self.bytes)
+    }
+}
+
+/// Decodes `bytes`, mapping serde's errors to field-level API errors. The
+/// body must be a JSON object: serde would also fill a struct from an array.
 pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return match serde_json::from_slice::<serde_json::Value>(bytes) {
+            Ok(_) => Err(ApiError::invalid("body", "must be a JSON object")),
+            Err(error) => Err(ApiError::MalformedJson(format!(
+                "the request body is not valid JSON: {}",
+                strip_position(&error)
+            ))),
+        };
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().to_string();
@@ -198,9 +234,43 @@ fn field_error(path: &str, message: &str, unknown_rule: &str) -> ApiError {
     } else if message.starts_with("duplicate field") {
         "is given more than once".to_string()
     } else {
-        message.to_string()
+        value_rule(message)
     };
     ApiError::invalid(field, rule)
+}
+
+/// Rewords serde's and chrono's messages about a bad value into a rule.
+fn value_rule(message: &str) -> String {
+    const DATE_ERRORS: [&str; 5] = [
+        "input contains invalid characters",
+        "premature end of input",
+        "trailing input",
+        "input is out of range",
+        "input is not enough for unique date and time",
+    ];
+    if DATE_ERRORS.iter().any(|known| message.starts_with(known)) {
+        return "must be a date such as 2026-12-04, or for a time, RFC 3339 such as 2026-12-04T09:30:00Z".into();
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant ") {
+        let expected = rest
+            .split_once("expected ")
+            .map(|(_, list)| list)
+            .unwrap_or(rest);
+        return format!("must be {}", expected.replace('`', ""));
+    }
+    if let Some(rest) = message.strip_prefix("invalid type: ") {
+        let (found, expected) = rest
+            .split_once(", expected ")
+            .unwrap_or((rest, "another type"));
+        let expected = match expected {
+            "f64" | "f32" => "a number",
+            "u32" | "u64" | "i64" | "i32" => "a whole number",
+            "a boolean" => "true or false",
+            other => other,
+        };
+        return format!("has the wrong type: expected {expected}, got {found}");
+    }
+    message.to_string()
 }
 
 /// Returns the text between the first pair of backticks.

@@ -35,10 +35,20 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
+        let created = !path.exists();
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .connect_with(options)
             .await?;
+        // The file holds password hashes and cylinder secrets, so a new one
+        // is readable by its owner only. SQLite gives its WAL and shared
+        // memory files the same mode.
+        #[cfg(unix)]
+        if created {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(sqlx::Error::Io)?;
+        }
         Ok(Self { pool, chain_key })
     }
 

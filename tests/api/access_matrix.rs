@@ -44,7 +44,7 @@ const CASES: &[(&str, [u16; 5])] = &[
     ("GET /api/v1/cylinders/{own}", [401, 200, 200, 200, 200]),
     ("GET /api/v1/cylinders/{other}", [401, 404, 404, 200, 200]),
     (
-        "GET /api/v1/cylinders?customer_id",
+        "GET /api/v1/cylinders?customer_id={other}",
         [401, 403, 403, 200, 200],
     ),
     ("POST /api/v1/cylinders", [401, 403, 403, 201, 201]),
@@ -181,11 +181,14 @@ async fn perform(
             format!("/api/v1/cylinders/{}", fixture.other_cylinder),
             None,
         ),
-        "GET /api/v1/cylinders?customer_id" => (
-            Method::GET,
-            format!("/api/v1/cylinders?customer_id={}", fixture.customer_id),
-            None,
-        ),
+        "GET /api/v1/cylinders?customer_id={other}" => {
+            // Nobody but staff may filter by another user's id.
+            (
+                Method::GET,
+                format!("/api/v1/cylinders?customer_id={}", Uuid::new_v4()),
+                None,
+            )
+        }
         "POST /api/v1/cylinders" => (
             Method::POST,
             "/api/v1/cylinders".to_string(),
@@ -364,5 +367,67 @@ async fn driver_sees_only_custody(backend: Backend) {
         )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    app.stop().await;
+}
+
+on_both_backends!(forbidden_before_body_checked, own_id_filter_allowed);
+
+async fn forbidden_before_body_checked(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, driver) = app.user_with_token("early.driver", Role::Driver).await;
+    let id = Uuid::new_v4();
+    let cases = [
+        (Method::POST, "/api/v1/cylinders".to_string()),
+        (Method::PATCH, format!("/api/v1/cylinders/{id}/status")),
+        (Method::POST, format!("/api/v1/cylinders/{id}/assign")),
+        (Method::POST, format!("/api/v1/cylinders/{id}/tamper")),
+        (
+            Method::POST,
+            format!("/api/v1/cylinders/{id}/reissue-codes"),
+        ),
+        (Method::POST, "/api/v1/users".to_string()),
+        (Method::PATCH, format!("/api/v1/users/{id}")),
+        (Method::POST, "/api/v1/depots".to_string()),
+    ];
+    // An empty, a wrong-typed and a non-JSON body: the role is judged first.
+    for body in [json!({}), json!({"status": 1}), json!("text")] {
+        for (method, path) in &cases {
+            let (status, response) = app
+                .send(method.clone(), path, Some(&driver), Some(body.clone()))
+                .await;
+            assert_eq!(
+                status,
+                StatusCode::FORBIDDEN,
+                "{method} {path} with {body}: {response}"
+            );
+        }
+    }
+    app.stop().await;
+}
+
+async fn own_id_filter_allowed(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let fixture = build_fixture(&app).await;
+    let (_, body) = app.login("matrix.customer", crate::helpers::PASSWORD).await;
+    let token = body["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+
+    let (status, list) = app
+        .get(
+            &format!("/api/v1/cylinders?customer_id={}", fixture.customer_id),
+            &token,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{list}");
+    let (status, _) = app
+        .get(
+            &format!("/api/v1/cylinders?driver_id={}", fixture.driver_id),
+            &token,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
     app.stop().await;
 }

@@ -17,7 +17,7 @@ use crate::domain::{CylinderStatus, Role};
 use crate::http::AppState;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{
-    ApiJson, ApiQuery, CurrentUser, PathId, parse_bool, parse_uuid, query_value,
+    ApiQuery, CurrentUser, JsonBody, PathId, parse_bool, parse_uuid, query_value,
 };
 use crate::storage::{
     Assignment, CylinderFilter, CylinderRecord, HistoryRecord, NewCylinderRecord, PageRequest,
@@ -272,9 +272,10 @@ const CODE_ATTEMPTS: usize = 3;
 pub async fn register_cylinder(
     State(state): State<AppState>,
     current: CurrentUser,
-    ApiJson(request): ApiJson<RegisterCylinderRequest>,
+    body: JsonBody,
 ) -> Result<(StatusCode, Json<CylinderView>), ApiError> {
     let grant = current.grant(Action::RegisterCylinder, "register cylinders")?;
+    let request: RegisterCylinderRequest = body.decode()?;
     let today = today();
     let cylinder = NewCylinder {
         serial_number: SerialNumber::parse("serial_number", &request.serial_number)?,
@@ -398,7 +399,17 @@ pub async fn list_cylinders(
         depot_id: query_value("depot_id", query.depot_id.as_deref(), uuid_rule, parse_uuid)?,
         today: Some(today),
     };
-    if grant.scope() != Scope::All && (filter.customer_id.is_some() || filter.driver_id.is_some()) {
+    // Customers and drivers may name themselves in a filter, but nobody else.
+    let others_named = match grant.scope() {
+        Scope::All => false,
+        Scope::Customer(own) => {
+            filter.customer_id.is_some_and(|id| id != own) || filter.driver_id.is_some()
+        }
+        Scope::Driver(own) => {
+            filter.driver_id.is_some_and(|id| id != own) || filter.customer_id.is_some()
+        }
+    };
+    if others_named {
         return Err(ApiError::Forbidden("filter cylinders by another user"));
     }
     let page = page_request(query.page.as_deref(), query.per_page.as_deref())?;
@@ -475,9 +486,10 @@ pub async fn change_status(
     State(state): State<AppState>,
     current: CurrentUser,
     PathId(id): PathId,
-    ApiJson(request): ApiJson<StatusRequest>,
+    body: JsonBody,
 ) -> Result<Json<CylinderView>, ApiError> {
     let grant = current.grant(Action::UpdateStatus, "update cylinder status")?;
+    let request: StatusRequest = body.decode()?;
     let notes = parse_notes(request.notes.as_deref())?;
     let today = today();
 
@@ -549,9 +561,10 @@ pub async fn assign_cylinder(
     State(state): State<AppState>,
     current: CurrentUser,
     PathId(id): PathId,
-    ApiJson(request): ApiJson<AssignRequest>,
+    body: JsonBody,
 ) -> Result<Json<CylinderView>, ApiError> {
     let grant = current.grant(Action::AssignCylinder, "assign cylinders")?;
+    let request: AssignRequest = body.decode()?;
     if request.customer_id.is_none() && request.driver_id.is_none() {
         return Err(ApiError::invalid(
             "customer_id",

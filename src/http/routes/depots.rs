@@ -12,7 +12,7 @@ use crate::domain::access::Action;
 use crate::domain::value::DepotName;
 use crate::http::AppState;
 use crate::http::error::{ApiError, ErrorBody};
-use crate::http::extract::{ApiJson, CurrentUser};
+use crate::http::extract::{CurrentUser, JsonBody};
 use crate::storage::{DepotRecord, NewDepotRecord};
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -80,9 +80,10 @@ pub async fn list_depots(
 pub async fn create_depot(
     State(state): State<AppState>,
     current: CurrentUser,
-    ApiJson(request): ApiJson<CreateDepotRequest>,
+    body: JsonBody,
 ) -> Result<(StatusCode, Json<DepotView>), ApiError> {
     current.grant(Action::ManageDepots, "create depots")?;
+    let request: CreateDepotRequest = body.decode()?;
     let depot = NewDepotRecord {
         name: DepotName::parse("name", &request.name)?.into_inner(),
         town: DepotName::parse("town", &request.town)?.into_inner(),

@@ -20,7 +20,7 @@ use crate::domain::scan::{Coordinates, ScanCode, ScanResult, ScanType};
 use crate::domain::value::Notes;
 use crate::http::AppState;
 use crate::http::error::{ApiError, ErrorBody};
-use crate::http::extract::{ApiJson, ApiQuery, CurrentUser, PathId};
+use crate::http::extract::{ApiQuery, CurrentUser, JsonBody, PathId};
 use crate::storage::{
     CodeReissue, RecordedScan, ScanDraft, ScanInput, ScanOutcome, ScanRecord, Scope,
     TamperFlagOutcome,
@@ -203,9 +203,10 @@ pub async fn scan(
     current: CurrentUser,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    ApiJson(request): ApiJson<ScanRequest>,
+    body: JsonBody,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let grant = current.grant(Action::ScanCylinder, "scan cylinders")?;
+    let request: ScanRequest = body.decode()?;
     let now = Utc::now();
     let code = ScanCode::parse("code", &request.code, request.scan_type).inspect_err(|error| {
         // Unreadable input is logged for support, never counted as a
@@ -288,9 +289,10 @@ pub async fn scan(
 pub async fn verify_token(
     State(state): State<AppState>,
     current: CurrentUser,
-    ApiJson(request): ApiJson<VerifyTokenRequest>,
+    body: JsonBody,
 ) -> Result<Json<VerifyTokenResponse>, ApiError> {
     current.grant(Action::ScanCylinder, "verify scan tokens")?;
+    let request: VerifyTokenRequest = body.decode()?;
     if request.token.trim().is_empty() {
         return Err(ApiError::invalid("token", "must not be empty"));
     }
@@ -472,9 +474,10 @@ pub async fn set_tamper_flag(
     State(state): State<AppState>,
     current: CurrentUser,
     PathId(id): PathId,
-    ApiJson(request): ApiJson<TamperRequest>,
+    body: JsonBody,
 ) -> Result<Json<CylinderView>, ApiError> {
     let grant = current.grant(Action::InvestigateIncidents, "set or clear tamper flags")?;
+    let request: TamperRequest = body.decode()?;
     let notes = Notes::parse("notes", &request.notes)?;
     if notes.as_str().is_empty() {
         return Err(ApiError::invalid(
@@ -546,11 +549,13 @@ pub async fn reissue_codes(
     State(state): State<AppState>,
     current: CurrentUser,
     PathId(id): PathId,
-    ApiJson(request): ApiJson<ReissueRequest>,
+    body: JsonBody,
 ) -> Result<Json<CylinderView>, ApiError> {
     use secrecy::ExposeSecret;
 
     let grant = current.grant(Action::InvestigateIncidents, "reissue cylinder codes")?;
+
+    let request: ReissueRequest = body.decode()?;
     let reason = Notes::parse("reason", &request.reason)?;
     if reason.as_str().is_empty() {
         return Err(ApiError::invalid("reason", "must not be empty"));

@@ -15,7 +15,7 @@ use crate::domain::user::NewUser;
 use crate::domain::value::{Email, FullName, Password, Phone, Username};
 use crate::http::AppState;
 use crate::http::error::{ApiError, ErrorBody};
-use crate::http::extract::{ApiJson, ApiQuery, CurrentUser, PathId, parse_bool, query_value};
+use crate::http::extract::{ApiQuery, CurrentUser, JsonBody, PathId, parse_bool, query_value};
 use crate::storage::{UserChanges, UserFilter, UserRecord};
 
 use super::cylinders::page_request;
@@ -206,9 +206,10 @@ pub async fn get_user(
 pub async fn create_user(
     State(state): State<AppState>,
     current: CurrentUser,
-    ApiJson(request): ApiJson<CreateUserRequest>,
+    body: JsonBody,
 ) -> Result<(StatusCode, Json<UserView>), ApiError> {
     let grant = current.grant(Action::ManageUsers, "manage users")?;
+    let request: CreateUserRequest = body.decode()?;
     let new_user = NewUser {
         username: Username::parse("username", &request.username)?,
         full_name: FullName::parse("full_name", &request.full_name)?,
@@ -248,9 +249,10 @@ pub async fn update_user(
     State(state): State<AppState>,
     current: CurrentUser,
     PathId(id): PathId,
-    ApiJson(request): ApiJson<UpdateUserRequest>,
+    body: JsonBody,
 ) -> Result<Json<UserView>, ApiError> {
     let grant = current.grant(Action::ManageUsers, "manage users")?;
+    let request: UpdateUserRequest = body.decode()?;
     let self_lockout =
         request.is_active == Some(false) || request.role.is_some_and(|role| role != Role::Admin);
     if id == grant.actor().user_id && self_lockout {
