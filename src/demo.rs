@@ -21,6 +21,8 @@ use crate::domain::{CylinderStatus, Role};
 use crate::http::AppState;
 use crate::storage::{Actor, Assignment, NewDepotRecord, StatusChange, StatusChangeOutcome, Store};
 
+pub mod replay;
+
 /// Depots of the demo: name, town, latitude, longitude.
 const DEPOTS: [(&str, &str, f64, f64); 4] = [
     ("Industrial Area Depot", "Nairobi", -1.3090, 36.8510),
@@ -88,7 +90,8 @@ const PEOPLE: [(&str, &str, Role, &str); 13] = [
 
 const BRANDS: [&str; 3] = ["Jiko Gas", "Pwani Gas", "Safari LPG"];
 
-/// Creates the demo folder and database, loads the fleet, prints the logins
+/// Creates the demo folder and database, loads the fleet, replays
+/// yesterday's scans on it, prints the logins and what the replay found,
 /// and serves until Ctrl-C.
 pub async fn run(dir: Option<PathBuf>, listen: SocketAddr, cylinders: u32) -> anyhow::Result<()> {
     let dir = prepare_dir(dir)?;
@@ -99,7 +102,18 @@ pub async fn run(dir: Option<PathBuf>, listen: SocketAddr, cylinders: u32) -> an
 
     let password = demo_password()?;
     let fleet = load_fleet(&state, &password, cylinders).await?;
-    print_welcome(&dir, bound, &password, &fleet);
+    let yesterday = replay::yesterday_in_east_africa(Utc::now());
+    let started = std::time::Instant::now();
+    let replayed = replay::replay_day(&state, yesterday)
+        .await
+        .with_context(|| format!("cannot replay {yesterday} on the demo fleet"))?;
+    tracing::info!(
+        day = %yesterday,
+        scans = replayed.scans,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "replayed a day of scans on the demo fleet"
+    );
+    print_welcome(&dir, bound, &password, &fleet, &replayed);
     app::serve(state, listener, app::shutdown_signal()).await
 }
 
@@ -337,7 +351,13 @@ async fn move_through_day(
     Ok(())
 }
 
-fn print_welcome(dir: &Path, address: SocketAddr, password: &str, fleet: &Fleet) {
+fn print_welcome(
+    dir: &Path,
+    address: SocketAddr,
+    password: &str,
+    fleet: &Fleet,
+    replayed: &replay::ReplaySummary,
+) {
     println!();
     println!("cyltrack demo is running at http://{address}");
     println!("  data folder: {}", dir.display());
@@ -346,6 +366,9 @@ fn print_welcome(dir: &Path, address: SocketAddr, password: &str, fleet: &Fleet)
         fleet.depots, fleet.cylinders
     );
     println!("  API description: http://{address}/api/openapi.json");
+    println!();
+    println!("Yesterday on the demo fleet, replayed through the cloning rules:");
+    println!("{replayed}");
     println!();
     println!("Logins (every account uses the password {password}):");
     for (username, role) in &fleet.logins {
