@@ -64,7 +64,7 @@ pub async fn build_state(config: Config, store: Arc<dyn Store>) -> anyhow::Resul
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
     let listener = TcpListener::bind(addr)
         .await
-        .with_context(|| format!("cannot listen on {addr}; set LISTEN_ADDR to a free address"))?;
+        .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     Ok((listener, local))
 }

@@ -94,11 +94,14 @@ const BRANDS: [&str; 3] = ["Jiko Gas", "Pwani Gas", "Safari LPG"];
 /// yesterday's scans on it, prints the logins and what the replay found,
 /// and serves until Ctrl-C.
 pub async fn run(dir: Option<PathBuf>, listen: SocketAddr, cylinders: u32) -> anyhow::Result<()> {
+    // Bind first, so that a busy port leaves no half-made demo folder.
+    let (listener, bound) = app::bind(listen)
+        .await
+        .with_context(|| format!("pass a free address to --listen instead of {listen}"))?;
     let dir = prepare_dir(dir)?;
     let config = crate::cli::load_config(&demo_variables(&dir, listen))?;
     let store = app::open_store(&config).await?;
     let state = app::build_state(config, store).await?;
-    let (listener, bound) = app::bind(listen).await?;
 
     let password = demo_password()?;
     let fleet = load_fleet(&state, &password, cylinders).await?;
