@@ -25,10 +25,18 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let store = storage::connect(&config.database, chain_key(config))
         .await
         .with_context(|| format!("cannot open the {description}"))?;
-    store
-        .migrate()
-        .await
-        .with_context(|| format!("cannot apply migrations to the {description}"))?;
+    // A restricted service role may read the schema but not create tables,
+    // and sqlx's migrator always tries to create its table. So migrations
+    // run only when some are pending, which needs the owner role.
+    let pending = store.pending_migrations().await?;
+    if pending > 0 {
+        store.migrate().await.with_context(|| {
+            format!(
+                "cannot apply {pending} pending migrations to the {description}; \
+                 run `cyltrack migrate` as the database owner"
+            )
+        })?;
+    }
     tracing::info!(database = %description, "database ready");
     Ok(store)
 }

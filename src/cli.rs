@@ -1,4 +1,5 @@
-//! The command line: `serve`, `migrate`, `user create` and `demo`.
+//! The command line: `serve`, `migrate`, `user create`, `demo`, `audit verify`
+//! and `db grants`.
 
 use std::io::BufRead;
 use std::net::SocketAddr;
@@ -9,6 +10,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::app;
+use crate::audit::{self, Identifier};
 use crate::config::{self, Config};
 use crate::domain::Role;
 use crate::domain::user::NewUser;
@@ -43,6 +45,51 @@ enum Command {
     /// Creates depots around Nairobi and Mombasa, staff, drivers, customers
     /// and a few hundred cylinders, then prints the URL and the logins.
     Demo(DemoArgs),
+    /// Check the tamper-evident history.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Print database setup for operators.
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check every cylinder's history chain and scans against SECRET_KEY.
+    ///
+    /// Recomputes each history entry's HMAC, checks that no entry is
+    /// missing or out of order, that the last one matches the chain head on
+    /// the cylinder, and that each scan matches its SCANNED entry. Prints a
+    /// summary and exits 0 when everything is intact; otherwise prints
+    /// `BROKEN <serial> (<id>): <problem>` for each broken cylinder and
+    /// exits 1. Applies pending migrations first, like `migrate`, so run it
+    /// as the database owner.
+    Verify,
+}
+
+#[derive(Debug, Subcommand)]
+enum DbCommand {
+    /// Print the PostgreSQL statements that set up a restricted service role.
+    ///
+    /// The role gets USAGE on the schema and SELECT, INSERT, UPDATE and
+    /// DELETE on the ordinary tables. On cylinder_history and cylinder_scans
+    /// it gets only SELECT and INSERT, with UPDATE, DELETE and TRUNCATE
+    /// revoked. On _sqlx_migrations it gets SELECT. The role must already
+    /// exist. Apply the
+    /// output as the owner of the tables after `cyltrack migrate`:
+    /// `cyltrack db grants --role cyltrack_app | psql -v ON_ERROR_STOP=1 "$OWNER_DATABASE_URL"`
+    Grants(GrantsArgs),
+}
+
+#[derive(Debug, Args)]
+struct GrantsArgs {
+    /// The service role: letters, digits and underscores, not starting with
+    /// a digit, at most 63 bytes. Used exactly as written, case included.
+    #[arg(long, value_name = "NAME", value_parser = parse_role_name)]
+    role: Identifier,
+    /// The schema that contains cyltrack's tables.
+    #[arg(long, value_name = "NAME", default_value = "public", value_parser = parse_schema_name)]
+    schema: Identifier,
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,6 +143,14 @@ fn parse_role(text: &str) -> Result<Role, String> {
         .ok_or_else(|| format!("'{text}' is not a role; use customer, driver, dispatcher or admin"))
 }
 
+fn parse_role_name(text: &str) -> Result<Identifier, String> {
+    Identifier::parse_role(text).map_err(|error| format!("the role name {error}"))
+}
+
+fn parse_schema_name(text: &str) -> Result<Identifier, String> {
+    Identifier::parse(text).map_err(|error| format!("the schema name {error}"))
+}
+
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -123,6 +178,11 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Migrate => migrate().await,
         Command::User(UserCommand::Create(args)) => create_user(args).await,
         Command::Demo(args) => crate::demo::run(args.dir, args.listen, args.cylinders).await,
+        Command::Audit(AuditCommand::Verify) => verify_audit().await,
+        Command::Db(DbCommand::Grants(args)) => {
+            print!("{}", audit::grant_statements(&args.role, &args.schema));
+            Ok(())
+        }
     }
 }
 
@@ -149,7 +209,9 @@ async fn serve() -> anyhow::Result<()> {
     let store = app::open_store(&config).await?;
     let listen_addr = config.listen_addr;
     let state = app::build_state(config, store).await?;
-    let (listener, bound) = app::bind(listen_addr).await?;
+    let (listener, bound) = app::bind(listen_addr)
+        .await
+        .context("set LISTEN_ADDR to a free address")?;
     tracing::info!(address = %bound, "listening");
     app::serve(state, listener, app::shutdown_signal()).await
 }
@@ -159,6 +221,33 @@ async fn migrate() -> anyhow::Result<()> {
     let store = app::open_store(&config).await?;
     store.close().await;
     println!("migrations applied");
+    Ok(())
+}
+
+async fn verify_audit() -> anyhow::Result<()> {
+    let config = load_config(&config::process_variables()?)?;
+    let store = app::open_store(&config).await?;
+    let verified = audit::verify(store.as_ref(), &app::chain_key(&config)).await;
+    store.close().await;
+    let report = verified.context("cannot read the history")?;
+
+    for broken in &report.broken {
+        println!(
+            "BROKEN {} ({}): {}",
+            broken.serial_number, broken.cylinder_id, broken.problem
+        );
+    }
+    if !report.is_intact() {
+        anyhow::bail!(
+            "the history of {} of {} cylinders is broken; see the BROKEN lines above",
+            report.broken.len(),
+            report.cylinders_checked
+        );
+    }
+    println!(
+        "history intact: {} cylinders, {} history entries and {} scans checked",
+        report.cylinders_checked, report.entries_checked, report.scans_checked
+    );
     Ok(())
 }
 

@@ -160,8 +160,10 @@ pub enum StatusChangeOutcome {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Applies pending migrations.
+    /// Applies pending migrations. This needs the right to create tables.
     async fn migrate(&self) -> StoreResult<()>;
+    /// Counts migrations not yet applied; needs only read access.
+    async fn pending_migrations(&self) -> StoreResult<usize>;
     /// Closes the pool after in-flight queries finish.
     async fn close(&self);
     /// Checks that the database responds.

@@ -44,6 +44,27 @@ impl PostgresStore {
         Ok(())
     }
 
+    /// Counts the embedded migrations that the database has not applied.
+    /// Any error reading the migrations table counts all as pending, so that
+    /// running them reports the real problem.
+    async fn count_pending_migrations(&self) -> StoreResult<usize> {
+        let migrator = sqlx::migrate!("./migrations/postgres");
+        let query = "SELECT version FROM _sqlx_migrations WHERE success";
+        let applied: Vec<(i64,)> = match sqlx::query_as(query).fetch_all(&self.pool).await {
+            Ok(rows) => rows,
+            Err(_) => return Ok(migrator.iter().count()),
+        };
+        let pending = migrator
+            .iter()
+            .filter(|migration| {
+                !applied
+                    .iter()
+                    .any(|(version,)| *version == migration.version)
+            })
+            .count();
+        Ok(pending)
+    }
+
     async fn begin_write(&self) -> StoreResult<Transaction<'static, Postgres>> {
         Ok(self.pool.begin().await?)
     }

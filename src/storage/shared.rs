@@ -144,6 +144,10 @@ macro_rules! impl_store {
                 self.run_migrations().await
             }
 
+            async fn pending_migrations(&self) -> $crate::storage::StoreResult<usize> {
+                self.count_pending_migrations().await
+            }
+
             async fn close(&self) {
                 self.pool.close().await;
             }

@@ -59,6 +59,27 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Counts the embedded migrations that the database has not applied.
+    /// Any error reading the migrations table counts all as pending, so that
+    /// running them reports the real problem.
+    async fn count_pending_migrations(&self) -> StoreResult<usize> {
+        let migrator = sqlx::migrate!("./migrations/sqlite");
+        let query = "SELECT version FROM _sqlx_migrations WHERE success";
+        let applied: Vec<(i64,)> = match sqlx::query_as(query).fetch_all(&self.pool).await {
+            Ok(rows) => rows,
+            Err(_) => return Ok(migrator.iter().count()),
+        };
+        let pending = migrator
+            .iter()
+            .filter(|migration| {
+                !applied
+                    .iter()
+                    .any(|(version,)| *version == migration.version)
+            })
+            .count();
+        Ok(pending)
+    }
+
     /// Begins a transaction that takes the write lock at once. A deferred
     /// transaction that reads first and writes later can fail with
     /// SQLITE_BUSY when another writer commits in between.

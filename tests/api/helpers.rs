@@ -2,6 +2,7 @@
 //! for each test.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use cyltrack::auth::create_account;
@@ -65,22 +66,36 @@ pub fn postgres_url() -> Option<String> {
 
 /// A fresh, migrated store. On PostgreSQL each store gets its own schema.
 pub async fn fresh_store(backend: Backend, dir: &std::path::Path) -> Arc<dyn Store> {
-    let store: Arc<dyn Store> = match backend {
-        Backend::Sqlite => Arc::new(
-            SqliteStore::open(&dir.join("test.db"), test_chain_key())
+    fresh_store_with_raw(backend, dir).await.0
+}
+
+/// Opens a fresh, migrated store and returns it with the location of its
+/// database, for raw SQL.
+pub async fn fresh_store_with_raw(
+    backend: Backend,
+    dir: &std::path::Path,
+) -> (Arc<dyn Store>, RawDatabase) {
+    let (store, database): (Arc<dyn Store>, RawDatabase) = match backend {
+        Backend::Sqlite => {
+            let path = dir.join("test.db");
+            let store = SqliteStore::open(&path, test_chain_key())
                 .await
-                .unwrap_or_else(|error| panic!("open SQLite: {error}")),
-        ),
-        Backend::Postgres => Arc::new(postgres_schema_store().await),
+                .unwrap_or_else(|error| panic!("open SQLite: {error}"));
+            (Arc::new(store), RawDatabase::Sqlite { path })
+        }
+        Backend::Postgres => {
+            let (store, database) = postgres_schema_store().await;
+            (Arc::new(store), database)
+        }
     };
     store
         .migrate()
         .await
         .unwrap_or_else(|error| panic!("migrate: {error}"));
-    store
+    (store, database)
 }
 
-async fn postgres_schema_store() -> PostgresStore {
+async fn postgres_schema_store() -> (PostgresStore, RawDatabase) {
     use sqlx::postgres::PgConnectOptions;
     use std::str::FromStr;
 
@@ -98,9 +113,106 @@ async fn postgres_schema_store() -> PostgresStore {
     let options = PgConnectOptions::from_str(&url)
         .unwrap_or_else(|error| panic!("parse {POSTGRES_URL_VARIABLE}: {error}"))
         .options([("search_path", schema.as_str())]);
-    PostgresStore::connect_with(options, test_chain_key())
+    let store = PostgresStore::connect_with(options, test_chain_key())
+        .await
+        .unwrap_or_else(|error| panic!("connect to schema {schema}: {error}"));
+    (store, RawDatabase::Postgres { url, schema })
+}
+
+/// Location of a test's database, for tests that change it behind the
+/// service's back.
+#[derive(Debug, Clone)]
+pub enum RawDatabase {
+    Sqlite {
+        path: PathBuf,
+    },
+    /// `url` is the harness's PostgreSQL URL, and the tables are in `schema`.
+    Postgres {
+        url: String,
+        schema: String,
+    },
+}
+
+impl RawDatabase {
+    /// Opens a pool as the harness's database user. On PostgreSQL the
+    /// search path is the test's schema.
+    pub async fn pool(&self) -> RawPool {
+        match self {
+            RawDatabase::Sqlite { path } => {
+                let options = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(path)
+                    .busy_timeout(std::time::Duration::from_secs(10));
+                let pool = sqlx::SqlitePool::connect_with(options)
+                    .await
+                    .unwrap_or_else(|error| panic!("open {}: {error}", path.display()));
+                RawPool::Sqlite(pool)
+            }
+            RawDatabase::Postgres { url, schema } => {
+                RawPool::Postgres(raw_postgres_pool(url, None, schema).await)
+            }
+        }
+    }
+}
+
+/// Connects to `url` as `user` (the URL's user when `None`) with the search
+/// path set to `schema`.
+pub async fn raw_postgres_pool(url: &str, user: Option<&str>, schema: &str) -> sqlx::PgPool {
+    use sqlx::postgres::PgConnectOptions;
+    use std::str::FromStr;
+
+    let mut options = PgConnectOptions::from_str(url)
+        .unwrap_or_else(|error| panic!("parse {POSTGRES_URL_VARIABLE}: {error}"))
+        .options([("search_path", schema)]);
+    if let Some(user) = user {
+        options = options.username(user);
+    }
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(options)
         .await
         .unwrap_or_else(|error| panic!("connect to schema {schema}: {error}"))
+}
+
+/// A raw connection pool to a test's database.
+pub enum RawPool {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+impl RawPool {
+    /// Runs one or more statements and returns the rows they affected.
+    pub async fn execute(&self, sql: &str) -> Result<u64, sqlx::Error> {
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
+        let result = match self {
+            RawPool::Sqlite(pool) => sqlx::raw_sql(sql).execute(pool).await?.rows_affected(),
+            RawPool::Postgres(pool) => sqlx::raw_sql(sql).execute(pool).await?.rows_affected(),
+        };
+        Ok(result)
+    }
+
+    /// Returns the first column of each row as text.
+    pub async fn texts(&self, sql: &str) -> Vec<String> {
+        use sqlx::Row;
+        let query = sqlx::AssertSqlSafe(sql.to_string());
+        let fetched = match self {
+            RawPool::Sqlite(pool) => sqlx::query(query)
+                .fetch_all(pool)
+                .await
+                .and_then(|rows| rows.iter().map(|row| row.try_get::<String, _>(0)).collect()),
+            RawPool::Postgres(pool) => sqlx::query(query)
+                .fetch_all(pool)
+                .await
+                .and_then(|rows| rows.iter().map(|row| row.try_get::<String, _>(0)).collect()),
+        };
+        fetched.unwrap_or_else(|error| panic!("{sql}: {error}"))
+    }
+
+    pub async fn close(&self) {
+        match self {
+            RawPool::Sqlite(pool) => pool.close().await,
+            RawPool::Postgres(pool) => pool.close().await,
+        }
+    }
 }
 
 /// The chain key that `test_variables` gives the server.
@@ -133,6 +245,8 @@ pub fn test_variables(dir: &std::path::Path) -> Variables {
 pub struct TestApp {
     pub address: SocketAddr,
     pub store: Arc<dyn Store>,
+    /// The store's database, for raw SQL.
+    pub database: RawDatabase,
     pub client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
@@ -153,7 +267,7 @@ impl TestApp {
         let (config, _) =
             config::load(&variables).unwrap_or_else(|error| panic!("config: {error}"));
 
-        let store = fresh_store(backend, dir.path()).await;
+        let (store, database) = fresh_store_with_raw(backend, dir.path()).await;
         let state = cyltrack::app::build_state(config, store.clone())
             .await
             .unwrap_or_else(|error| panic!("build state: {error}"));
@@ -175,6 +289,7 @@ impl TestApp {
         Self {
             address,
             store,
+            database,
             client: reqwest::Client::new(),
             shutdown: Some(shutdown),
             server: Some(server),
