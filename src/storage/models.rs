@@ -359,12 +359,17 @@ impl DepotRow {
     }
 }
 
-/// A cylinder row with its secret, read only on the scan path.
+/// A cylinder row with its secret and chain head, read only on the scan
+/// path.
 #[derive(sqlx::FromRow)]
 pub(super) struct CylinderSecretRow {
     #[sqlx(flatten)]
     pub cylinder: CylinderRow,
     pub secret_key: Vec<u8>,
+    /// The history count after reserving the scan's entry.
+    pub history_count: i64,
+    /// The hash of the entry before the reserved one.
+    pub last_history_hash: String,
 }
 
 /// A scan to record, parsed and normalised by the caller.

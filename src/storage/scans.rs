@@ -2,35 +2,46 @@
 //! and the audit reads, shared by both backends like [`super::shared`].
 
 /// Finds the cylinder with a QR code and locks its row until commit, so
-/// that scans of one cylinder are judged one after the other.
-pub(super) const LOCK_BY_QR: &str = "UPDATE cylinders SET last_scanned_at = $2 WHERE qr_code = $1 \
+/// that scans of one cylinder are judged one after the other. It also
+/// reserves the position of the scan's SCANNED history entry, returning the
+/// new history count and the hash of the entry before it.
+pub(super) const LOCK_BY_QR: &str = "UPDATE cylinders SET last_scanned_at = $2, history_count = history_count + 1 \
+     WHERE qr_code = $1 \
      RETURNING id, serial_number, brand, capacity_kg, qr_code, rfid_tag, status, is_tampered, tamper_notes, \
-     manufacture_date, expiry_date, depot_id, customer_id, driver_id, created_at, updated_at, secret_key";
+     manufacture_date, expiry_date, depot_id, customer_id, driver_id, created_at, updated_at, secret_key, \
+     history_count, last_history_hash";
 
-pub(super) const LOCK_BY_RFID: &str = "UPDATE cylinders SET last_scanned_at = $2 WHERE rfid_tag = $1 \
+pub(super) const LOCK_BY_RFID: &str = "UPDATE cylinders SET last_scanned_at = $2, history_count = history_count + 1 \
+     WHERE rfid_tag = $1 \
      RETURNING id, serial_number, brand, capacity_kg, qr_code, rfid_tag, status, is_tampered, tamper_notes, \
-     manufacture_date, expiry_date, depot_id, customer_id, driver_id, created_at, updated_at, secret_key";
+     manufacture_date, expiry_date, depot_id, customer_id, driver_id, created_at, updated_at, secret_key, \
+     history_count, last_history_hash";
 
-pub(super) const LOCK_BY_ID: &str = "UPDATE cylinders SET last_scanned_at = $2 WHERE id = $1 \
+pub(super) const LOCK_BY_ID: &str = "UPDATE cylinders SET last_scanned_at = $2, history_count = history_count + 1 \
+     WHERE id = $1 \
      RETURNING id, serial_number, brand, capacity_kg, qr_code, rfid_tag, status, is_tampered, tamper_notes, \
-     manufacture_date, expiry_date, depot_id, customer_id, driver_id, created_at, updated_at, secret_key";
+     manufacture_date, expiry_date, depot_id, customer_id, driver_id, created_at, updated_at, secret_key, \
+     history_count, last_history_hash";
 
 pub(super) const FIND_REVOKED_CODE: &str =
     "SELECT cylinder_id FROM revoked_codes WHERE code = $1 AND scan_type = $2";
 
-/// Event times of a cylinder's scans in an open interval, for the rapid
-/// scan rule.
-pub(super) const SCAN_TIMES_NEAR: &str = "SELECT scanned_at FROM cylinder_scans WHERE cylinder_id = $1 AND scanned_at > $2 AND scanned_at < $3";
-
-/// The located scans of a cylinder just before and just after an event
-/// time, for the movement rule.
-pub(super) const LOCATED_NEIGHBOURS: &str = "SELECT scanned_at, latitude, longitude, accuracy_m FROM ( \
+/// What both cloning rules read, in one round trip: the event times of a
+/// cylinder's scans in an open interval (kind 0, for the rapid-scan rule),
+/// and its located scans just before (kind 1) and just after (kind 2) an
+/// event time, for the movement rule.
+pub(super) const RULE_INPUTS: &str = "SELECT CAST(0 AS BIGINT) AS kind, scanned_at, \
+       CAST(NULL AS DOUBLE PRECISION) AS latitude, CAST(NULL AS DOUBLE PRECISION) AS longitude, \
+       CAST(NULL AS DOUBLE PRECISION) AS accuracy_m \
+     FROM cylinder_scans WHERE cylinder_id = $1 AND scanned_at > $3 AND scanned_at < $4 \
+     UNION ALL \
+     SELECT CAST(1 AS BIGINT), scanned_at, latitude, longitude, accuracy_m FROM ( \
        SELECT s.scanned_at, c.latitude, c.longitude, c.accuracy_m FROM cylinder_scans s \
        JOIN scan_context c ON c.scan_id = s.id \
        WHERE s.cylinder_id = $1 AND s.scanned_at <= $2 AND c.latitude IS NOT NULL \
        ORDER BY s.scanned_at DESC LIMIT 1) AS before_scan \
      UNION ALL \
-     SELECT scanned_at, latitude, longitude, accuracy_m FROM ( \
+     SELECT CAST(2 AS BIGINT), scanned_at, latitude, longitude, accuracy_m FROM ( \
        SELECT s.scanned_at, c.latitude, c.longitude, c.accuracy_m FROM cylinder_scans s \
        JOIN scan_context c ON c.scan_id = s.id \
        WHERE s.cylinder_id = $1 AND s.scanned_at > $2 AND c.latitude IS NOT NULL \
@@ -135,9 +146,13 @@ macro_rules! impl_scan_store {
                             .await?;
                     }
                 }
-                let (mut cylinder, secret) = match found {
-                    Some(row) => (Some(row.cylinder.into_record()?), Some(row.secret_key)),
-                    None => (None, None),
+                let (mut cylinder, secret, reserved) = match found {
+                    Some(row) => (
+                        Some(row.cylinder.into_record()?),
+                        Some(row.secret_key),
+                        Some((row.history_count, row.last_history_hash)),
+                    ),
+                    None => (None, None, None),
                 };
 
                 let suspicious = match &cylinder {
@@ -226,7 +241,10 @@ macro_rules! impl_scan_store {
                             "scanned_at": scan.scanned_at,
                         }),
                     };
-                    self.append_history(&mut tx, entry, scan.received_at).await?;
+                    let reserved = reserved.ok_or_else(|| {
+                        $crate::storage::StoreError::Corrupt("a locked cylinder returned no history position".into())
+                    })?;
+                    self.write_history_entry(&mut tx, entry, reserved, scan.received_at).await?;
                 }
                 if let (Some(record), Some(reason)) = (&cylinder, suspicious.as_deref()) {
                     self.flag_detected_tamper(&mut tx, record.id, scan.id, reason, &scan).await?;
@@ -257,13 +275,16 @@ macro_rules! impl_scan_store {
                 use $crate::storage::scans::*;
 
                 let at = scan.scanned_at;
-                let nearby: Vec<(chrono::DateTime<chrono::Utc>,)> = sqlx::query_as(SCAN_TIMES_NEAR)
-                    .bind(cylinder_id)
-                    .bind(at - policy.rapid_window)
-                    .bind(at + policy.rapid_window)
-                    .fetch_all(&mut **tx)
-                    .await?;
-                let times: Vec<_> = nearby.into_iter().map(|(time,)| time).collect();
+                let rows: Vec<(i64, chrono::DateTime<chrono::Utc>, Option<f64>, Option<f64>, Option<f64>)> =
+                    sqlx::query_as(RULE_INPUTS)
+                        .bind(cylinder_id)
+                        .bind(at)
+                        .bind(at - policy.rapid_window)
+                        .bind(at + policy.rapid_window)
+                        .fetch_all(&mut **tx)
+                        .await?;
+
+                let times: Vec<_> = rows.iter().filter(|row| row.0 == 0).map(|row| row.1).collect();
                 if is_rapid(policy, at, &times) {
                     return Ok(Some(format!(
                         "scanned more than {} times within {} minutes: possible cloned label",
@@ -276,9 +297,8 @@ macro_rules! impl_scan_store {
                     return Ok(None);
                 };
                 let this = LocatedScan { at, position };
-                let neighbours: Vec<(chrono::DateTime<chrono::Utc>, f64, f64, Option<f64>)> =
-                    sqlx::query_as(LOCATED_NEIGHBOURS).bind(cylinder_id).bind(at).fetch_all(&mut **tx).await?;
-                for (time, latitude, longitude, accuracy_m) in neighbours {
+                for (_, time, latitude, longitude, accuracy_m) in rows.into_iter().filter(|row| row.0 != 0) {
+                    let (Some(latitude), Some(longitude)) = (latitude, longitude) else { continue };
                     let other = LocatedScan { at: time, position: Coordinates { latitude, longitude, accuracy_m } };
                     let (first, second) = if other.at <= at { (&other, &this) } else { (&this, &other) };
                     if let Some(reason) = impossible_movement(policy, first, second) {

@@ -770,6 +770,23 @@ macro_rules! impl_store {
                 entry: $crate::storage::NewHistoryEntry,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> $crate::storage::StoreResult<()> {
+                use $crate::storage::shared::*;
+
+                let reserved: (i64, String) =
+                    sqlx::query_as(RESERVE_HISTORY_POSITION).bind(entry.cylinder_id).fetch_one(&mut **tx).await?;
+                self.write_history_entry(tx, entry, reserved, now).await
+            }
+
+            /// Writes a history entry at a position already reserved in the
+            /// same transaction, given as the new history count and the hash
+            /// of the entry before it, and moves the chain head to it.
+            async fn write_history_entry(
+                &self,
+                tx: &mut sqlx::Transaction<'static, $db>,
+                entry: $crate::storage::NewHistoryEntry,
+                (sequence, prev_hash): (i64, String),
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::storage::StoreResult<()> {
                 use $crate::domain::audit::{ChainedEntry, entry_hash};
                 use $crate::storage::shared::*;
                 use chrono::SubsecRound;
@@ -777,8 +794,6 @@ macro_rules! impl_store {
                 // Both databases keep microseconds, so the hashed time is
                 // cut to microseconds before it is stored.
                 let created_at = now.trunc_subsecs(6);
-                let (sequence, prev_hash): (i64, String) =
-                    sqlx::query_as(RESERVE_HISTORY_POSITION).bind(entry.cylinder_id).fetch_one(&mut **tx).await?;
                 let details = entry.details.to_string();
                 let actor_role = entry.actor.map(|actor| actor.role.as_str());
                 let from_status = entry.from_status.map(|status| status.as_str());
