@@ -13,6 +13,7 @@ use crate::auth::tokens::TokenService;
 use crate::config::{Config, DatabaseTarget};
 use crate::domain::audit::ChainKey;
 use crate::domain::codes::fill_random;
+use crate::domain::value::Password;
 use crate::http::{self, AppState};
 use crate::storage::{self, Store};
 
@@ -54,10 +55,10 @@ pub async fn build_state(config: Config, store: Arc<dyn Store>) -> anyhow::Resul
     let mut decoy = [0u8; 24];
     fill_random(&mut decoy)?;
     let decoy_plain = hex::encode(decoy);
-    let decoy_password_hash =
-        tokio::task::spawn_blocking(move || password::hash_blocking(&decoy_plain))
-            .await?
-            .context("cannot compute the decoy password hash")?;
+    let decoy = Password::parse("decoy", decoy_plain).map_err(|error| anyhow::anyhow!(error))?;
+    let decoy_password_hash = password::hash(&decoy)
+        .await
+        .context("cannot compute the decoy password hash")?;
 
     Ok(AppState {
         config: Arc::new(config),
