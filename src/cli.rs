@@ -1,7 +1,7 @@
 //! The command line: `serve`, `migrate`, `user create`, `demo`, `audit verify`
 //! and `db grants`.
 
-use std::io::BufRead;
+use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -62,8 +62,11 @@ enum AuditCommand {
     /// the cylinder, and that each scan matches its SCANNED entry. Prints a
     /// summary and exits 0 when everything is intact; otherwise prints
     /// `BROKEN <serial> (<id>): <problem>` for each broken cylinder and
-    /// exits 1. Applies pending migrations first, like `migrate`, so run it
-    /// as the database owner.
+    /// exits 1. It never generates a secret: SECRET_KEY, or the secrets file,
+    /// must hold the key the service runs with. Scans of unknown codes have
+    /// no cylinder and no chain, so only the append-only triggers protect
+    /// them. Pending migrations are applied first, which needs the owner
+    /// role; with none pending, the service's role is enough.
     Verify,
 }
 
@@ -225,16 +228,40 @@ async fn migrate() -> anyhow::Result<()> {
 }
 
 async fn verify_audit() -> anyhow::Result<()> {
-    let config = load_config(&config::process_variables()?)?;
+    // A new key would make every chain look broken, so none is generated.
+    let (config, _) = config::load_with(
+        &config::process_variables()?,
+        config::MissingSecrets::Reject,
+    )?;
+    telemetry::init(config.log_format);
     let store = app::open_store(&config).await?;
     let verified = audit::verify(store.as_ref(), &app::chain_key(&config)).await;
     store.close().await;
     let report = verified.context("cannot read the history")?;
 
+    // Output may go to a pipe that closes early, such as `| head`; that is
+    // not an error worth a panic.
+    let mut out = std::io::stdout().lock();
     for broken in &report.broken {
-        println!(
+        let line = format!(
             "BROKEN {} ({}): {}",
             broken.serial_number, broken.cylinder_id, broken.problem
+        );
+        if writeln!(out, "{line}").is_err() {
+            break;
+        }
+    }
+    let every_chain_at_first_entry = report.broken.len() as u64 == report.cylinders_checked
+        && report.broken.iter().all(|broken| {
+            matches!(
+                broken.problem,
+                crate::domain::audit::ChainBreak::Changed { position: 1 }
+            )
+        });
+    if !report.is_intact() && every_chain_at_first_entry {
+        anyhow::bail!(
+            "every cylinder's history fails at its first entry, which means SECRET_KEY is almost certainly \
+             not the key the history was written with; set SECRET_KEY or SECRETS_FILE to the service's"
         );
     }
     if !report.is_intact() {
@@ -244,7 +271,8 @@ async fn verify_audit() -> anyhow::Result<()> {
             report.cylinders_checked
         );
     }
-    println!(
+    let _ = writeln!(
+        out,
         "history intact: {} cylinders, {} history entries and {} scans checked",
         report.cylinders_checked, report.entries_checked, report.scans_checked
     );

@@ -170,11 +170,31 @@ pub fn process_variables() -> Result<Variables, ConfigError> {
 /// Reads the configuration from `variables`. Secrets that are not set are
 /// generated and kept in the secrets file; `generated` lists their names.
 pub fn load(variables: &Variables) -> Result<(Config, Vec<&'static str>), ConfigError> {
+    load_with(variables, MissingSecrets::Generate)
+}
+
+/// What to do when a secret is neither set nor in the secrets file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingSecrets {
+    /// Generate it and keep it in the secrets file.
+    Generate,
+    /// Stop with an error. Commands that check data written with an
+    /// existing key, such as `audit verify`, must never make a new one.
+    Reject,
+}
+
+/// Reads the configuration like [`load`], with a choice about missing
+/// secrets.
+pub fn load_with(
+    variables: &Variables,
+    missing: MissingSecrets,
+) -> Result<(Config, Vec<&'static str>), ConfigError> {
     let reader = Reader { variables };
 
     let debug = reader.boolean("DEBUG", false)?;
     let secrets_path = PathBuf::from(reader.text("SECRETS_FILE").unwrap_or(DEFAULT_SECRETS_FILE));
     let mut store = SecretsFile::open(&secrets_path)?;
+    store.may_generate = missing == MissingSecrets::Generate;
 
     let secret_key = reader.secret("SECRET_KEY", debug, &mut store)?;
     let jwt_secret = reader.secret("JWT_SECRET_KEY", debug, &mut store)?;
@@ -519,6 +539,7 @@ struct SecretsFile {
     path: PathBuf,
     values: BTreeMap<String, String>,
     generated: Vec<&'static str>,
+    may_generate: bool,
 }
 
 impl SecretsFile {
@@ -537,12 +558,20 @@ impl SecretsFile {
             path: path.to_path_buf(),
             values,
             generated: Vec::new(),
+            may_generate: true,
         })
     }
 
     fn get_or_generate(&mut self, name: &'static str) -> Result<String, ConfigError> {
         if let Some(value) = self.values.get(name) {
             return Ok(value.clone());
+        }
+        if !self.may_generate {
+            return Err(ConfigError::new(
+                name,
+                format!("is not set and {} does not contain it", self.path.display()),
+                "set it, or SECRETS_FILE, to the value the service runs with",
+            ));
         }
         let mut bytes = [0u8; 48];
         fill_random(&mut bytes).map_err(|error| {
@@ -819,6 +848,20 @@ mod tests {
         assert_eq!(
             load(&vars).err().map(|e| e.variable).as_deref(),
             Some("JWT_REFRESH_TOKEN_LIFETIME")
+        );
+    }
+
+    #[test]
+    fn reject_mode_never_generates() {
+        let dir = temp_dir();
+        let vars = variables(dir.path(), &[]);
+        let error = load_with(&vars, MissingSecrets::Reject)
+            .err()
+            .map(|e| e.variable);
+        assert_eq!(error.as_deref(), Some("SECRET_KEY"));
+        assert!(
+            !dir.path().join("secrets.env").exists(),
+            "no secrets file may be written"
         );
     }
 

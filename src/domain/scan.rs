@@ -297,8 +297,8 @@ pub fn impossible_movement(
 
     if gap < policy.short_gap && distance > policy.short_gap_km {
         return Some(format!(
-            "scanned {distance:.0} km apart within {} minutes: possible cloned label",
-            gap.num_minutes().max(1)
+            "scanned {distance:.0} km apart within {}: possible cloned label",
+            describe_gap(gap)
         ));
     }
 
@@ -315,8 +315,8 @@ pub fn impossible_movement(
     let speed = travelled / hours;
     if speed > policy.max_speed_kmh {
         return Some(format!(
-            "moved {distance:.0} km in {} minutes ({speed:.0} km/h): possible cloned label",
-            gap.num_minutes()
+            "moved {distance:.0} km in {} ({speed:.0} km/h): possible cloned label",
+            describe_gap(gap)
         ));
     }
     None
@@ -404,6 +404,21 @@ pub fn verdict(facts: Option<&ScanFacts>, suspicious: Option<&str>, today: Naive
         result,
         message,
         warnings,
+    }
+}
+
+/// Describes a time gap for people: "40 seconds", "1 minute", "22 minutes".
+fn describe_gap(gap: Duration) -> String {
+    let seconds = gap.num_seconds();
+    let (amount, unit) = if seconds < 60 {
+        (seconds, "second")
+    } else {
+        (gap.num_minutes(), "minute")
+    };
+    if amount == 1 {
+        format!("1 {unit}")
+    } else {
+        format!("{amount} {unit}s")
     }
 }
 

@@ -114,6 +114,10 @@ string_newtype!(
     /// A depot's name, 1 to 100 printable characters.
     DepotName
 );
+string_newtype!(
+    /// A place as a person describes it: up to 300 printable characters.
+    Address
+);
 
 impl SerialNumber {
     pub fn parse(field: &'static str, raw: &str) -> Result<Self, InvalidValue> {
@@ -132,6 +136,12 @@ impl SerialNumber {
 impl Brand {
     pub fn parse(field: &'static str, raw: &str) -> Result<Self, InvalidValue> {
         bounded_text(field, raw, 1, 60).map(Self)
+    }
+}
+
+impl Address {
+    pub fn parse(field: &'static str, raw: &str) -> Result<Self, InvalidValue> {
+        bounded_text(field, raw, 0, 300).map(Self)
     }
 }
 

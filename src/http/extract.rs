@@ -204,7 +204,7 @@ fn json_error(bytes: &[u8], path: &str, error: &serde_json::Error) -> ApiError {
         // serde_json reports a number or null where an enum expects a string
         // as a syntax error, although the document itself is well formed.
         Category::Syntax if path != "." && !path.contains('?') && well_formed() => {
-            ApiError::invalid(path, "has the wrong type")
+            ApiError::invalid(path, "has the wrong type: expected a string")
         }
         Category::Syntax | Category::Eof | Category::Io => {
             ApiError::MalformedJson(format!("the request body is not valid JSON: {message}"))
@@ -234,13 +234,13 @@ fn field_error(path: &str, message: &str, unknown_rule: &str) -> ApiError {
     } else if message.starts_with("duplicate field") {
         "is given more than once".to_string()
     } else {
-        value_rule(message)
+        value_rule(&field, message)
     };
     ApiError::invalid(field, rule)
 }
 
 /// Rewords serde's and chrono's messages about a bad value into a rule.
-fn value_rule(message: &str) -> String {
+fn value_rule(field: &str, message: &str) -> String {
     const DATE_ERRORS: [&str; 5] = [
         "input contains invalid characters",
         "premature end of input",
@@ -249,7 +249,12 @@ fn value_rule(message: &str) -> String {
         "input is not enough for unique date and time",
     ];
     if DATE_ERRORS.iter().any(|known| message.starts_with(known)) {
-        return "must be a date such as 2026-12-04, or for a time, RFC 3339 such as 2026-12-04T09:30:00Z".into();
+        // Time fields end in "_at"; the others hold dates.
+        return if field.ends_with("_at") {
+            "must be an RFC 3339 time with its offset, such as 2026-12-04T09:30:00Z".into()
+        } else {
+            "must be a date such as 2026-12-04".into()
+        };
     }
     if let Some(rest) = message.strip_prefix("unknown variant ") {
         let expected = rest
@@ -330,7 +335,7 @@ pub fn query_value<T>(
 }
 
 pub fn parse_bool(text: &str) -> Option<bool> {
-    match text {
+    match text.to_ascii_lowercase().as_str() {
         "true" | "1" => Some(true),
         "false" | "0" => Some(false),
         _ => None,

@@ -415,6 +415,11 @@ pub struct RecordedScan {
     pub is_suspicious: bool,
     pub response: String,
     pub received_at: DateTime<Utc>,
+    /// The code as the scanner sent it, to tell a true retry from a
+    /// reused client scan id.
+    pub scanned_code: String,
+    /// Whether the cylinder is flagged as tampered now.
+    pub cylinder_flagged: bool,
     /// The cylinder's secret, which keys the scan's auth token.
     pub token_key: Option<Vec<u8>>,
 }
@@ -518,6 +523,8 @@ pub(super) struct StoredScanRow {
     pub is_suspicious: bool,
     pub response: String,
     pub received_at: DateTime<Utc>,
+    pub scanned_code: String,
+    pub cylinder_flagged: bool,
     pub secret_key: Option<Vec<u8>>,
 }
 
@@ -530,6 +537,8 @@ impl StoredScanRow {
             is_suspicious: self.is_suspicious,
             response: self.response,
             received_at: self.received_at,
+            scanned_code: self.scanned_code,
+            cylinder_flagged: self.cylinder_flagged,
             token_key: self.secret_key,
         })
     }

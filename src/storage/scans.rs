@@ -63,11 +63,11 @@ pub(super) const INSERT_SECURITY_EVENT: &str = "INSERT INTO security_events \
      (id, kind, cylinder_id, scan_id, details, created_at) VALUES ($1, $2, $3, $4, $5, $6)";
 
 pub(super) const SCAN_BY_CLIENT_ID: &str = "SELECT s.id, s.cylinder_id, s.result, s.is_suspicious, s.response, \
-     s.received_at, c.secret_key FROM cylinder_scans s LEFT JOIN cylinders c ON c.id = s.cylinder_id \
+     s.received_at, s.scanned_code, COALESCE(c.is_tampered, FALSE) AS cylinder_flagged, c.secret_key FROM cylinder_scans s LEFT JOIN cylinders c ON c.id = s.cylinder_id \
      WHERE s.scanner_id = $1 AND s.client_scan_id = $2";
 
 pub(super) const SCAN_BY_ID: &str = "SELECT s.id, s.cylinder_id, s.result, s.is_suspicious, s.response, \
-     s.received_at, c.secret_key FROM cylinder_scans s LEFT JOIN cylinders c ON c.id = s.cylinder_id \
+     s.received_at, s.scanned_code, COALESCE(c.is_tampered, FALSE) AS cylinder_flagged, c.secret_key FROM cylinder_scans s LEFT JOIN cylinders c ON c.id = s.cylinder_id \
      WHERE s.id = $1";
 
 pub(super) const LIST_SCANS: &str = "SELECT s.id, s.cylinder_id, s.scan_type, s.result, s.scanned_code, \
@@ -146,6 +146,16 @@ macro_rules! impl_scan_store {
                             .await?;
                     }
                 }
+                // A driver who leaves the scanner in QR mode reads an RFID
+                // tag id as text. That is a genuine tag, not a counterfeit.
+                let looks_like_rfid = scan.code.len() >= 8 && scan.code.chars().all(|c| c.is_ascii_hexdigit());
+                if found.is_none() && scan.scan_type == ScanType::Qr && looks_like_rfid {
+                    found = sqlx::query_as(LOCK_BY_RFID)
+                        .bind(&scan.code)
+                        .bind(scan.received_at)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                }
                 let (mut cylinder, secret, reserved) = match found {
                     Some(row) => (
                         Some(row.cylinder.into_record()?),
@@ -169,6 +179,7 @@ macro_rules! impl_scan_store {
                 if let (Some(record), Some(reason)) = (cylinder.as_mut(), suspicious.as_deref()) {
                     record.is_tampered = true;
                     record.tamper_notes = reason.to_string();
+                    record.updated_at = scan.received_at;
                 }
 
                 let response = respond(&ScanDraft {
@@ -258,6 +269,8 @@ macro_rules! impl_scan_store {
                     is_suspicious: suspicious.is_some(),
                     response,
                     received_at: scan.received_at,
+                    scanned_code: scan.raw_code.clone(),
+                    cylinder_flagged: cylinder.as_ref().is_some_and(|record| record.is_tampered),
                     token_key: secret,
                 }))
             }

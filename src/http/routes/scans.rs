@@ -17,7 +17,7 @@ use crate::domain::Role;
 use crate::domain::access::Action;
 use crate::domain::codes::{CylinderCodes, auth_hash};
 use crate::domain::scan::{Coordinates, ScanCode, ScanResult, ScanType};
-use crate::domain::value::Notes;
+use crate::domain::value::{Address, Notes};
 use crate::http::AppState;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{ApiQuery, CurrentUser, JsonBody, PathId};
@@ -218,32 +218,24 @@ pub async fn scan(
     let address = request
         .address
         .as_deref()
-        .map(|text| Notes::parse("address", text))
+        .map(|text| Address::parse("address", text))
         .transpose()?;
-    if address
-        .as_ref()
-        .is_some_and(|text| text.as_str().chars().count() > 300)
-    {
-        return Err(ApiError::invalid(
-            "address",
-            "must be at most 300 characters",
-        ));
-    }
     let scanned_at = parse_scanned_at(request.scanned_at, now)?;
     let client_scan_id = parse_client_scan_id(request.client_scan_id)?;
 
     // A retry with a client scan id that was seen before is not looked up
     // first: the insert meets the unique constraint, and the store returns
     // the first scan. That keeps a round trip off every new scan.
+    let raw_code: String = request.code.chars().take(100).collect();
     let input = ScanInput {
         id: Uuid::new_v4(),
         scanner: grant.actor(),
         scan_type: request.scan_type,
         code: code.as_str().to_string(),
-        raw_code: request.code.chars().take(100).collect(),
+        raw_code: raw_code.clone(),
         position,
         address: address
-            .map(Notes::into_inner)
+            .map(Address::into_inner)
             .filter(|text| !text.is_empty()),
         ip_address: Some(peer.ip().to_string()),
         user_agent: user_agent(&headers),
@@ -262,6 +254,15 @@ pub async fn scan(
 
     let (status, scan) = match outcome {
         ScanOutcome::Recorded(scan) => (StatusCode::CREATED, scan),
+        ScanOutcome::Replayed(first) if first.scanned_code != raw_code => {
+            return Err(ApiError::Conflict {
+                code: "client_scan_id_reused",
+                message: "this client_scan_id was already used for a scan of another code; \
+                          give every scan its own id"
+                    .into(),
+                field: Some("client_scan_id"),
+            });
+        }
         ScanOutcome::Replayed(scan) => (StatusCode::OK, scan),
     };
     if scan.is_suspicious {
@@ -318,6 +319,11 @@ pub async fn verify_token(
     let Some(cylinder_id) = authentic else {
         return Ok(invalid("not genuine"));
     };
+    // A token proves the verification at the time of its scan; a cylinder
+    // flagged since then must not pass on that proof.
+    if scan.as_ref().is_some_and(|scan| scan.cylinder_flagged) {
+        return Ok(invalid("cylinder flagged as tampered since"));
+    }
     let expires_at =
         parsed.issued_at + Duration::seconds(state.config.scan_token_lifetime.as_secs() as i64);
     if Utc::now() >= expires_at {
