@@ -1,0 +1,214 @@
+//! The load generator: concurrent workers posting realistic scans, each
+//! latency recorded in an HDR histogram.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::Args;
+use crate::report::Stat;
+use crate::seed::DRIVER_PASSWORD;
+use crate::server::Server;
+
+/// Event-time spacing between two scans of one cylinder, so that neither
+/// cloning rule fires on benchmark traffic: real fleets scan a cylinder a
+/// few times a day, not several times a second.
+const ROUND_SPACING_MINUTES: i64 = 10;
+/// Rounds before the event times wrap, which keeps them within the 30 days
+/// the API accepts.
+const MAX_ROUNDS: u64 = 4000;
+
+pub async fn log_in_drivers(server: &Server, drivers: u64) -> anyhow::Result<Vec<String>> {
+    let client = reqwest::Client::new();
+    let mut tokens = Vec::new();
+    for index in 1..=drivers {
+        let response = client
+            .post(format!("{}/api/v1/auth/login", server.base_url))
+            .json(&serde_json::json!({"username": format!("bench.driver{index}"), "password": DRIVER_PASSWORD}))
+            .send()
+            .await?;
+        let body: serde_json::Value = response.json().await?;
+        let token = body["access_token"]
+            .as_str()
+            .with_context(|| format!("login of driver {index} failed: {body}"))?;
+        tokens.push(token.to_string());
+    }
+    Ok(tokens)
+}
+
+/// One measured run at one concurrency.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub scans: u64,
+    pub errors: u64,
+    pub throughput: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// All runs at one concurrency, with their median and range.
+#[derive(Debug, Clone, Serialize)]
+pub struct Level {
+    pub connections: usize,
+    pub runs: Vec<Run>,
+    pub throughput: Stat,
+    pub p50_ms: Stat,
+    pub p90_ms: Stat,
+    pub p99_ms: Stat,
+    pub max_ms: Stat,
+}
+
+struct Workload {
+    base_url: String,
+    tokens: Vec<String>,
+    codes: Vec<String>,
+    counter: AtomicU64,
+    start: chrono::DateTime<chrono::Utc>,
+    unknown_percent: u64,
+}
+
+impl Workload {
+    /// The body of the scan with sequence number `number`: cylinders are
+    /// visited in a scattered order, each at its own place near Nairobi,
+    /// with a small share of unknown codes.
+    fn body(&self, number: u64) -> serde_json::Value {
+        let count = self.codes.len() as u64;
+        let index = (number.wrapping_mul(2_654_435_761) % count) as usize;
+        let round = (number / count) % MAX_ROUNDS;
+        let scanned_at =
+            self.start - chrono::Duration::minutes(round as i64 * ROUND_SPACING_MINUTES);
+        let code = if number % 100 < self.unknown_percent {
+            format!("CYL-UNKNOWN{number:014X}")
+        } else {
+            self.codes[index].clone()
+        };
+        serde_json::json!({
+            "code": code,
+            "scan_type": "QR",
+            "latitude": -1.28 + ((index * 31) % 200) as f64 * 0.0005,
+            "longitude": 36.82 + ((index * 17) % 200) as f64 * 0.0005,
+            "accuracy_m": 15.0,
+            "scanned_at": scanned_at,
+            "client_scan_id": format!("bench-{number}"),
+        })
+    }
+}
+
+pub async fn measure(
+    args: &Args,
+    server: &Server,
+    tokens: &[String],
+    codes: &[String],
+    connections: usize,
+) -> anyhow::Result<Level> {
+    let workload = Arc::new(Workload {
+        base_url: server.base_url.clone(),
+        tokens: tokens.to_vec(),
+        codes: codes.to_vec(),
+        counter: AtomicU64::new(connections as u64 * 1_000_000_000),
+        start: chrono::Utc::now(),
+        unknown_percent: args.unknown_percent,
+    });
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .build()?;
+
+    drive(
+        &client,
+        &workload,
+        connections,
+        Duration::from_secs(args.warmup),
+    )
+    .await?;
+    let mut runs = Vec::new();
+    for _ in 0..args.runs {
+        let started = Instant::now();
+        let (histogram, errors) = drive(
+            &client,
+            &workload,
+            connections,
+            Duration::from_secs(args.duration),
+        )
+        .await?;
+        let elapsed = started.elapsed().as_secs_f64();
+        let millis = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1000.0;
+        runs.push(Run {
+            scans: histogram.len(),
+            errors,
+            throughput: histogram.len() as f64 / elapsed,
+            p50_ms: millis(0.50),
+            p90_ms: millis(0.90),
+            p99_ms: millis(0.99),
+            max_ms: histogram.max() as f64 / 1000.0,
+        });
+    }
+    let stat = |pick: fn(&Run) -> f64| Stat::of(runs.iter().map(pick).collect());
+    Ok(Level {
+        connections,
+        throughput: stat(|run| run.throughput),
+        p50_ms: stat(|run| run.p50_ms),
+        p90_ms: stat(|run| run.p90_ms),
+        p99_ms: stat(|run| run.p99_ms),
+        max_ms: stat(|run| run.max_ms),
+        runs,
+    })
+}
+
+/// Runs `connections` workers for `duration` and merges their latencies,
+/// in microseconds, of successful scans; failed requests are counted.
+async fn drive(
+    client: &reqwest::Client,
+    workload: &Arc<Workload>,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<(Histogram<u64>, u64)> {
+    let deadline = Instant::now() + duration;
+    let mut workers = Vec::new();
+    for worker in 0..connections {
+        let (client, workload) = (client.clone(), workload.clone());
+        workers.push(tokio::spawn(async move {
+            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            let mut errors = 0u64;
+            let token = &workload.tokens[worker % workload.tokens.len()];
+            while Instant::now() < deadline {
+                let number = workload.counter.fetch_add(1, Ordering::Relaxed);
+                let body = workload.body(number);
+                let sent = Instant::now();
+                let response = client
+                    .post(format!("{}/api/v1/scans", workload.base_url))
+                    .bearer_auth(token)
+                    .json(&body)
+                    .send()
+                    .await;
+                let ok = match response {
+                    Ok(response) => {
+                        let status = response.status();
+                        let _ = response.bytes().await;
+                        status.is_success()
+                    }
+                    Err(_) => false,
+                };
+                if ok {
+                    histogram.record(sent.elapsed().as_micros().max(1) as u64)?;
+                } else {
+                    errors += 1;
+                }
+            }
+            anyhow::Ok((histogram, errors))
+        }));
+    }
+    let mut merged = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut errors = 0;
+    for worker in workers {
+        let (histogram, worker_errors) = worker.await??;
+        merged.add(&histogram)?;
+        errors += worker_errors;
+    }
+    Ok((merged, errors))
+}

@@ -1,0 +1,144 @@
+//! Scan-path benchmark of cyltrack: seeds a fleet, drives
+//! `POST /api/v1/scans` over HTTP on loopback, and measures on the same
+//! database the floor that no HTTP service can beat (pgbench running the
+//! scan's logical work as one SQL statement, or the same work as one SQLite
+//! transaction in a tight loop). See docs/BENCHMARKS.md.
+
+mod floor;
+mod load;
+mod report;
+mod seed;
+mod server;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Benchmarks the cyltrack scan path against the database floor.
+#[derive(Debug, Parser)]
+#[command(name = "cyltrack-bench")]
+pub struct Args {
+    /// Database backend to measure.
+    #[arg(long, value_enum, default_value = "postgres")]
+    pub backend: Backend,
+    /// URL of a PostgreSQL database with the right to create databases;
+    /// the benchmark creates and drops its own database there.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pub postgres_admin_url: String,
+    /// Cylinders in the seeded fleet.
+    #[arg(long, default_value_t = 1000)]
+    pub cylinders: u64,
+    /// Historical scans seeded before the run, spread over 90 days.
+    #[arg(long, default_value_t = 0)]
+    pub history: u64,
+    /// Drivers whose tokens the load generator uses.
+    #[arg(long, default_value_t = 50)]
+    pub drivers: u64,
+    /// Concurrent connections to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,32")]
+    pub concurrency: Vec<usize>,
+    /// Measured seconds per run.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Warm-up seconds before each concurrency level.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: u64,
+    /// Runs per concurrency level; the report gives their median and range.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Share of scans that present an unknown code, in percent.
+    #[arg(long, default_value_t = 2)]
+    pub unknown_percent: u64,
+    /// The cyltrack binary to start; build it with `cargo build --release`.
+    #[arg(long, default_value = "target/release/cyltrack")]
+    pub server: PathBuf,
+    /// Folder for the JSON results.
+    #[arg(long, default_value = "bench/results")]
+    pub out: PathBuf,
+    /// Skip the floor measurement.
+    #[arg(long)]
+    pub no_floor: bool,
+    /// Keep the benchmark database afterwards.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(
+        args.server.exists(),
+        "{} does not exist; run `cargo build --release` first or pass --server",
+        args.server.display()
+    );
+    anyhow::ensure!(
+        args.runs > 0 && !args.concurrency.is_empty(),
+        "--runs and --concurrency must not be empty"
+    );
+
+    let database = seed::Database::create(&args)
+        .await
+        .context("cannot create the benchmark database")?;
+    let result = run(&args, &database).await;
+    if !args.keep {
+        database.drop_database(&args).await;
+    }
+    let report = result?;
+    report::write(&args, &report)?;
+    Ok(())
+}
+
+async fn run(args: &Args, database: &seed::Database) -> anyhow::Result<report::Report> {
+    let seeded = seed::seed(args, database).await.context("seeding failed")?;
+    eprintln!(
+        "seeded {} cylinders, {} drivers, {} historical scans in {:.1} s",
+        args.cylinders, args.drivers, args.history, seeded.seconds
+    );
+
+    let server = server::Server::start(args, database)
+        .await
+        .context("cannot start the server")?;
+    let tokens = load::log_in_drivers(&server, args.drivers)
+        .await
+        .context("cannot log the drivers in")?;
+    let mut levels = Vec::new();
+    for &connections in &args.concurrency {
+        let level = load::measure(args, &server, &tokens, &seeded.codes, connections).await?;
+        eprintln!("{}", report::describe_level(&level));
+        levels.push(level);
+    }
+    let peak_rss_kib = server.peak_rss_kib();
+    server.stop().await;
+
+    let floors = if args.no_floor {
+        Vec::new()
+    } else {
+        let mut floors = Vec::new();
+        for &connections in &args.concurrency {
+            let floor = floor::measure(args, database, &seeded, connections)
+                .await
+                .context("floor measurement failed")?;
+            eprintln!(
+                "floor at {connections} connections: {:.0} scans/s",
+                floor.throughput.median
+            );
+            floors.push(floor);
+        }
+        floors
+    };
+    Ok(report::Report::new(
+        args,
+        seeded.seconds,
+        levels,
+        floors,
+        peak_rss_kib,
+    ))
+}
