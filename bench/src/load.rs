@@ -23,21 +23,84 @@ const ROUND_SPACING_MINUTES: i64 = 10;
 const MAX_ROUNDS: u64 = 4000;
 
 pub async fn log_in_drivers(server: &Server, drivers: u64) -> anyhow::Result<Vec<String>> {
-    let client = reqwest::Client::new();
     let mut tokens = Vec::new();
     for index in 1..=drivers {
-        let response = client
-            .post(format!("{}/api/v1/auth/login", server.base_url))
-            .json(&serde_json::json!({"username": format!("bench.driver{index}"), "password": DRIVER_PASSWORD}))
-            .send()
-            .await?;
-        let body: serde_json::Value = response.json().await?;
-        let token = body["access_token"]
-            .as_str()
-            .with_context(|| format!("login of driver {index} failed: {body}"))?;
-        tokens.push(token.to_string());
+        tokens.push(log_in(server, &format!("bench.driver{index}")).await?);
     }
     Ok(tokens)
+}
+
+pub async fn log_in(server: &Server, username: &str) -> anyhow::Result<String> {
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/v1/auth/login", server.base_url))
+        .json(&serde_json::json!({"username": username, "password": DRIVER_PASSWORD}))
+        .send()
+        .await?;
+    let body: serde_json::Value = response.json().await?;
+    let token = body["access_token"]
+        .as_str()
+        .with_context(|| format!("login of {username} failed: {body}"))?;
+    Ok(token.to_string())
+}
+
+/// Latency of one kind of read, over several requests.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadTiming {
+    pub read: &'static str,
+    pub requests: usize,
+    pub median_ms: f64,
+    pub max_ms: f64,
+}
+
+/// Times the first page of the reads that staff use most: a cylinder's
+/// scans and history, and the tampered and expired lists.
+pub async fn measure_reads(server: &Server, ids: &[uuid::Uuid]) -> anyhow::Result<Vec<ReadTiming>> {
+    let token = log_in(server, "bench.admin").await?;
+    let client = reqwest::Client::new();
+    let sample: Vec<uuid::Uuid> = (0..20).map(|index| ids[index * ids.len() / 20]).collect();
+    let scans: Vec<String> = sample
+        .iter()
+        .map(|id| format!("/api/v1/cylinders/{id}/scans"))
+        .collect();
+    let history: Vec<String> = sample
+        .iter()
+        .map(|id| format!("/api/v1/cylinders/{id}/history"))
+        .collect();
+    let tampered = vec!["/api/v1/cylinders?tampered=true".to_string(); 10];
+    let expired = vec!["/api/v1/cylinders?expired=true".to_string(); 10];
+
+    let mut timings = Vec::new();
+    for (read, paths) in [
+        ("first page of a cylinder's scans", scans),
+        ("first page of a cylinder's history", history),
+        ("cylinders flagged as tampered", tampered),
+        ("cylinders past requalification", expired),
+    ] {
+        let mut millis = Vec::new();
+        for path in &paths {
+            let sent = Instant::now();
+            let response = client
+                .get(format!("{}{path}", server.base_url))
+                .bearer_auth(&token)
+                .send()
+                .await?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "GET {path} returned {}",
+                response.status()
+            );
+            let _ = response.bytes().await?;
+            millis.push(sent.elapsed().as_secs_f64() * 1000.0);
+        }
+        let stat = Stat::of(millis);
+        timings.push(ReadTiming {
+            read,
+            requests: paths.len(),
+            median_ms: stat.median,
+            max_ms: stat.max,
+        });
+    }
+    Ok(timings)
 }
 
 /// One measured run at one concurrency.

@@ -109,6 +109,15 @@ async fn run(args: &Args, database: &seed::Database) -> anyhow::Result<report::R
     let tokens = load::log_in_drivers(&server, args.drivers)
         .await
         .context("cannot log the drivers in")?;
+    let reads = load::measure_reads(&server, &seeded.ids)
+        .await
+        .context("cannot time the reads")?;
+    for read in &reads {
+        eprintln!(
+            "{}: median {:.2} ms, max {:.2} ms over {} requests",
+            read.read, read.median_ms, read.max_ms, read.requests
+        );
+    }
     let mut levels = Vec::new();
     for &connections in &args.concurrency {
         let level = load::measure(args, &server, &tokens, &seeded.codes, connections).await?;
@@ -139,6 +148,7 @@ async fn run(args: &Args, database: &seed::Database) -> anyhow::Result<report::R
         seeded.seconds,
         levels,
         floors,
+        reads,
         peak_rss_kib,
     ))
 }

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::floor::Floor;
-use crate::load::Level;
+use crate::load::{Level, ReadTiming};
 use crate::{Args, Backend};
 
 /// Median and range of one measure over the runs.
@@ -48,6 +48,8 @@ pub struct Report {
     pub floors: Vec<Floor>,
     /// Service throughput divided by the floor at the same concurrency.
     pub ratios: Vec<(usize, f64)>,
+    /// First-page read latencies, measured after seeding and before the load.
+    pub reads: Vec<ReadTiming>,
     pub server_peak_rss_mib: Option<f64>,
 }
 
@@ -90,6 +92,7 @@ impl Report {
         seed_seconds: f64,
         levels: Vec<Level>,
         floors: Vec<Floor>,
+        reads: Vec<ReadTiming>,
         peak_rss_kib: Option<u64>,
     ) -> Self {
         let ratios = levels
@@ -119,6 +122,7 @@ impl Report {
             levels,
             floors,
             ratios,
+            reads,
             server_peak_rss_mib: peak_rss_kib.map(|kib| kib as f64 / 1024.0),
         }
     }

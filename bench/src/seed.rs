@@ -76,6 +76,8 @@ impl Database {
 /// What the load generator and the floor need from the seeded fleet.
 pub struct Seeded {
     pub codes: Vec<String>,
+    /// Ids of the cylinders, in the same order as `codes`.
+    pub ids: Vec<uuid::Uuid>,
     pub seconds: f64,
 }
 
@@ -101,17 +103,23 @@ pub async fn seed(args: &Args, database: &Database) -> anyhow::Result<Seeded> {
     store.close().await;
 
     let password_hash = cyltrack::auth::password::hash_blocking(DRIVER_PASSWORD)?;
-    let codes = match database {
+    let rows = match database {
         Database::Postgres { url, .. } => seed_postgres(args, url, &password_hash).await?,
         Database::Sqlite { path, .. } => seed_sqlite(args, path, &password_hash).await?,
     };
+    let (ids, codes) = rows.into_iter().unzip();
     Ok(Seeded {
         codes,
+        ids,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
 
-async fn seed_postgres(args: &Args, url: &str, password_hash: &str) -> anyhow::Result<Vec<String>> {
+async fn seed_postgres(
+    args: &Args,
+    url: &str,
+    password_hash: &str,
+) -> anyhow::Result<Vec<(uuid::Uuid, String)>> {
     let mut connection = sqlx::PgConnection::connect(url).await?;
     sqlx::query(
         "INSERT INTO users (id, username, full_name, role, password_hash, is_active, created_at, updated_at) \
@@ -123,6 +131,14 @@ async fn seed_postgres(args: &Args, url: &str, password_hash: &str) -> anyhow::R
     .execute(&mut connection)
     .await
     .context("seeding drivers")?;
+    sqlx::query(
+        "INSERT INTO users (id, username, full_name, role, password_hash, is_active, created_at, updated_at) \
+         VALUES (md5('admin')::uuid, 'bench.admin', 'Bench Admin', 'ADMIN', $1, TRUE, now(), now())",
+    )
+    .bind(password_hash)
+    .execute(&mut connection)
+    .await
+    .context("seeding the admin")?;
 
     sqlx::query(
         "INSERT INTO cylinders (id, serial_number, brand, capacity_kg, qr_code, rfid_tag, secret_key, auth_hash, \
@@ -168,18 +184,18 @@ async fn seed_postgres(args: &Args, url: &str, password_hash: &str) -> anyhow::R
         .context("seeding scan context")?;
     }
     connection.execute("VACUUM ANALYZE").await?;
-    let rows: Vec<(String,)> =
-        sqlx::query_as("SELECT qr_code FROM cylinders ORDER BY serial_number")
+    let rows: Vec<(uuid::Uuid, String)> =
+        sqlx::query_as("SELECT id, qr_code FROM cylinders ORDER BY serial_number")
             .fetch_all(&mut connection)
             .await?;
-    Ok(rows.into_iter().map(|(code,)| code).collect())
+    Ok(rows)
 }
 
 async fn seed_sqlite(
     args: &Args,
     path: &std::path::Path,
     password_hash: &str,
-) -> anyhow::Result<Vec<String>> {
+) -> anyhow::Result<Vec<(uuid::Uuid, String)>> {
     let options = sqlx::sqlite::SqliteConnectOptions::new()
         .filename(path)
         .foreign_keys(true);
@@ -197,6 +213,15 @@ async fn seed_sqlite(
     .execute(&mut connection)
     .await
     .context("seeding drivers")?;
+    sqlx::query(
+        "INSERT INTO users (id, username, full_name, role, password_hash, is_active, created_at, updated_at) \
+         VALUES (unhex(printf('%032x', 999999999)), 'bench.admin', 'Bench Admin', 'ADMIN', $1, 1, \
+           strftime('%Y-%m-%dT%H:%M:%fZ'), strftime('%Y-%m-%dT%H:%M:%fZ'))",
+    )
+    .bind(password_hash)
+    .execute(&mut connection)
+    .await
+    .context("seeding the admin")?;
 
     sqlx::query(
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $1) \
@@ -240,9 +265,9 @@ async fn seed_sqlite(
         .context("seeding scan context")?;
     }
     connection.execute("ANALYZE").await?;
-    let rows: Vec<(String,)> =
-        sqlx::query_as("SELECT qr_code FROM cylinders ORDER BY serial_number")
+    let rows: Vec<(uuid::Uuid, String)> =
+        sqlx::query_as("SELECT id, qr_code FROM cylinders ORDER BY serial_number")
             .fetch_all(&mut connection)
             .await?;
-    Ok(rows.into_iter().map(|(code,)| code).collect())
+    Ok(rows)
 }
