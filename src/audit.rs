@@ -44,6 +44,9 @@ impl AuditReport {
 /// Checks the history chain of every cylinder against the chain head on its
 /// row, and every scan against its SCANNED history entry. Tampering is
 /// reported in the result; only a failed database read is an error.
+///
+/// NOTE: scans of unknown codes belong to no cylinder, so no chain covers
+/// them; only the append-only triggers and grants protect them.
 pub async fn verify(store: &dyn Store, key: &ChainKey) -> Result<AuditReport, StoreError> {
     verify_in_pages(store, key, HEADS_PER_PAGE).await
 }
