@@ -10,7 +10,7 @@
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use argon2::{Argon2, PasswordHasher, PasswordVerifier};
+use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, PasswordHasher, Version};
 
 use crate::domain::value::Password;
 
@@ -98,12 +98,61 @@ pub fn hash_blocking(plain: &str) -> Result<String, PasswordError> {
 /// Checks `plain` against a stored PHC string. A malformed stored hash
 /// counts as a mismatch, so it cannot be used to log in.
 pub async fn verify(plain: String, stored_hash: String) -> Result<bool, PasswordError> {
-    on_pool(move || {
-        Argon2::default()
-            .verify_password(plain.as_bytes(), stored_hash.as_str())
-            .is_ok()
-    })
-    .await
+    on_pool(move || verify_reusing_memory(&plain, &stored_hash)).await
+}
+
+std::thread_local! {
+    /// Argon2's working memory, kept by each hashing thread between checks.
+    /// Freed and reallocated for every login, these blocks stayed resident
+    /// anyway: glibc's malloc raises its mmap threshold after the first
+    /// free of a large block, and then keeps later ones in its heaps.
+    static BLOCKS: std::cell::RefCell<Vec<Block>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Verifies like `Argon2::verify_password`, but with this thread's reused
+/// working memory, and compares the outputs in constant time.
+fn verify_reusing_memory(plain: &str, stored_hash: &str) -> bool {
+    let Ok(hash) = PasswordHash::new(stored_hash) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (&hash.salt, &hash.hash) else {
+        return false;
+    };
+    let Ok(params) = Params::try_from(&hash) else {
+        return false;
+    };
+    let Ok(algorithm) = Algorithm::try_from(hash.algorithm.as_str()) else {
+        return false;
+    };
+    let version = match hash.version.map(Version::try_from) {
+        None => Version::default(),
+        Some(Ok(version)) => version,
+        Some(Err(_)) => return false,
+    };
+
+    let argon2 = Argon2::new(algorithm, version, params.clone());
+    let mut output = vec![0u8; expected.as_bytes().len()];
+    let computed = BLOCKS.with(|blocks| {
+        let mut blocks = blocks.borrow_mut();
+        blocks.resize(params.block_count(), Block::default());
+        argon2.hash_password_into_with_memory(
+            plain.as_bytes(),
+            salt.as_ref(),
+            &mut output,
+            &mut blocks[..],
+        )
+    });
+    computed.is_ok() && constant_time_eq(&output, expected.as_bytes())
+}
+
+/// Compares two byte strings in time that depends only on their length.
+fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
+    left.len() == right.len()
+        && left
+            .iter()
+            .zip(right)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 #[cfg(test)]
@@ -132,5 +181,25 @@ mod tests {
             verify("x".into(), "not a hash".into()).await,
             Ok(false)
         ));
+    }
+
+    #[test]
+    fn verify_reads_parameters_from_hash() {
+        // A hash made with other parameters, as after a cost change, still
+        // verifies, and the thread's memory is resized for it.
+        let params = Params::new(8 * 1024, 3, 1, None).unwrap_or_default();
+        let other = Argon2::new(Algorithm::Argon2i, Version::V0x13, params);
+        let stored = other
+            .hash_password(b"an older password")
+            .map(|hash| hash.to_string());
+        let Ok(stored) = stored else {
+            unreachable!("hashing works")
+        };
+        assert!(verify_reusing_memory("an older password", &stored));
+        assert!(!verify_reusing_memory("another password", &stored));
+        let Ok(current) = hash_blocking("a current password") else {
+            unreachable!("hashing works")
+        };
+        assert!(verify_reusing_memory("a current password", &current));
     }
 }
