@@ -580,3 +580,97 @@ pub struct ScanLink {
     pub result: String,
     pub is_suspicious: bool,
 }
+
+/// A history entry with its position and hash computed, ready to insert.
+#[derive(Debug, Clone)]
+pub struct PreparedEntry {
+    pub id: Uuid,
+    pub cylinder_id: Uuid,
+    pub sequence: i64,
+    pub event_type: &'static str,
+    pub actor_id: Option<Uuid>,
+    pub actor_role: Option<&'static str>,
+    pub from_status: Option<&'static str>,
+    pub to_status: Option<&'static str>,
+    pub notes: String,
+    /// Canonical JSON text, exactly as hashed.
+    pub details: String,
+    pub created_at: DateTime<Utc>,
+    pub prev_hash: String,
+    pub entry_hash: String,
+}
+
+impl PreparedEntry {
+    /// Hashes `entry` at the reserved position: the new history count and
+    /// the hash of the entry before it.
+    pub fn new(
+        key: &crate::domain::audit::ChainKey,
+        entry: NewHistoryEntry,
+        (sequence, prev_hash): (i64, String),
+        now: DateTime<Utc>,
+    ) -> Self {
+        use crate::domain::audit::{ChainedEntry, entry_hash};
+        use chrono::SubsecRound;
+
+        // Both databases keep microseconds, so the hashed time is cut to
+        // microseconds before it is stored.
+        let created_at = now.trunc_subsecs(6);
+        let details = entry.details.to_string();
+        let mut prepared = Self {
+            id: Uuid::new_v4(),
+            cylinder_id: entry.cylinder_id,
+            sequence,
+            event_type: entry.event.as_str(),
+            actor_id: entry.actor.map(|actor| actor.user_id),
+            actor_role: entry.actor.map(|actor| actor.role.as_str()),
+            from_status: entry.from_status.map(CylinderStatus::as_str),
+            to_status: entry.to_status.map(CylinderStatus::as_str),
+            notes: entry.notes,
+            details,
+            created_at,
+            prev_hash,
+            entry_hash: String::new(),
+        };
+        prepared.entry_hash = entry_hash(
+            key,
+            &ChainedEntry {
+                cylinder_id: prepared.cylinder_id,
+                sequence: prepared.sequence,
+                event_type: prepared.event_type,
+                actor_id: prepared.actor_id,
+                actor_role: prepared.actor_role,
+                from_status: prepared.from_status,
+                to_status: prepared.to_status,
+                notes: &prepared.notes,
+                details: &prepared.details,
+                created_at: prepared.created_at,
+                prev_hash: &prepared.prev_hash,
+            },
+        );
+        prepared
+    }
+}
+
+/// The rows one scan writes, for the backends' `write_scan`.
+#[derive(Debug)]
+pub(super) struct ScanWrite<'a> {
+    pub scan: &'a ScanInput,
+    pub cylinder_id: Option<Uuid>,
+    pub result: ScanResult,
+    pub message: &'a str,
+    pub suspicious_reason: Option<&'a str>,
+    pub response: &'a str,
+    /// The SCANNED entry, for a scan of a known cylinder.
+    pub history: Option<PreparedEntry>,
+}
+
+impl ScanWrite<'_> {
+    /// True when the scan has personal context to store.
+    pub fn has_context(&self) -> bool {
+        let scan = self.scan;
+        scan.ip_address.is_some()
+            || scan.user_agent.is_some()
+            || scan.position.is_some()
+            || scan.address.is_some()
+    }
+}

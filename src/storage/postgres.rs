@@ -70,5 +70,66 @@ impl PostgresStore {
     }
 }
 
+/// A scan's rows in one statement: the scan, its context when it has any,
+/// and its SCANNED history entry with the new chain head, for a scan of a
+/// known cylinder. Each round trip to the server costs more than the
+/// statements' work, so the scan path writes all four at once.
+const WRITE_SCAN: &str = "WITH scan AS ( \
+       INSERT INTO cylinder_scans (id, cylinder_id, scan_type, result, scanned_code, scanner_id, scanner_role, \
+         verification_message, is_suspicious, suspicious_reason, scanned_at, received_at, client_scan_id, response) \
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id \
+     ), context AS ( \
+       INSERT INTO scan_context (scan_id, ip_address, user_agent, latitude, longitude, accuracy_m, address) \
+       SELECT id, $15, $16, $17, $18, $19, $20 FROM scan WHERE $21 \
+     ), history AS ( \
+       INSERT INTO cylinder_history (id, cylinder_id, sequence, event_type, actor_id, actor_role, from_status, \
+         to_status, notes, details, created_at, prev_hash, entry_hash) \
+       SELECT $22, $2, $23, 'SCANNED', $6, $7, NULL, NULL, '', $24, $25, $26, $27 FROM scan WHERE $28 \
+     ) \
+     UPDATE cylinders SET last_history_hash = $27 WHERE $28 AND id = $2 AND EXISTS (SELECT 1 FROM scan)";
+
+impl PostgresStore {
+    async fn write_scan(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        write: &super::models::ScanWrite<'_>,
+    ) -> Result<(), sqlx::Error> {
+        let scan = write.scan;
+        let history = write.history.as_ref();
+        sqlx::query(WRITE_SCAN)
+            .bind(scan.id)
+            .bind(write.cylinder_id)
+            .bind(scan.scan_type.as_str())
+            .bind(write.result.as_str())
+            .bind(&scan.raw_code)
+            .bind(scan.scanner.user_id)
+            .bind(scan.scanner.role.as_str())
+            .bind(write.message)
+            .bind(write.suspicious_reason.is_some())
+            .bind(write.suspicious_reason)
+            .bind(scan.scanned_at)
+            .bind(scan.received_at)
+            .bind(scan.client_scan_id.as_deref())
+            .bind(write.response)
+            .bind(scan.ip_address.as_deref())
+            .bind(scan.user_agent.as_deref())
+            .bind(scan.position.map(|fix| fix.latitude))
+            .bind(scan.position.map(|fix| fix.longitude))
+            .bind(scan.position.and_then(|fix| fix.accuracy_m))
+            .bind(scan.address.as_deref())
+            .bind(write.has_context())
+            .bind(history.map(|entry| entry.id))
+            .bind(history.map(|entry| entry.sequence))
+            .bind(history.map(|entry| entry.details.as_str()))
+            .bind(history.map(|entry| entry.created_at))
+            .bind(history.map(|entry| entry.prev_hash.as_str()))
+            .bind(history.map(|entry| entry.entry_hash.as_str()))
+            .bind(history.is_some())
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
 impl_store!(PostgresStore, Postgres);
 impl_scan_store!(PostgresStore, Postgres);

@@ -189,24 +189,40 @@ macro_rules! impl_scan_store {
                     suspicious_reason: suspicious.as_deref(),
                     scanned_at: scan.scanned_at,
                 });
-                let inserted = sqlx::query(INSERT_SCAN)
-                    .bind(scan.id)
-                    .bind(cylinder.as_ref().map(|record| record.id))
-                    .bind(scan.scan_type.as_str())
-                    .bind(outcome.result.as_str())
-                    .bind(&scan.raw_code)
-                    .bind(scan.scanner.user_id)
-                    .bind(scan.scanner.role.as_str())
-                    .bind(&outcome.message)
-                    .bind(suspicious.is_some())
-                    .bind(suspicious.as_deref())
-                    .bind(scan.scanned_at)
-                    .bind(scan.received_at)
-                    .bind(scan.client_scan_id.as_deref())
-                    .bind(&response)
-                    .execute(&mut *tx)
-                    .await;
-                if let Err(error) = inserted {
+                let history = match &cylinder {
+                    Some(record) => {
+                        let entry = NewHistoryEntry {
+                            cylinder_id: record.id,
+                            event: HistoryEvent::Scanned,
+                            actor: Some(scan.scanner),
+                            from_status: None,
+                            to_status: None,
+                            notes: String::new(),
+                            details: serde_json::json!({
+                                "scan_id": scan.id,
+                                "scan_type": scan.scan_type.as_str(),
+                                "result": outcome.result.as_str(),
+                                "is_suspicious": suspicious.is_some(),
+                                "scanned_at": scan.scanned_at,
+                            }),
+                        };
+                        let reserved = reserved.clone().ok_or_else(|| {
+                            $crate::storage::StoreError::Corrupt("a locked cylinder returned no history position".into())
+                        })?;
+                        Some($crate::storage::PreparedEntry::new(&self.chain_key, entry, reserved, scan.received_at))
+                    }
+                    None => None,
+                };
+                let write = $crate::storage::models::ScanWrite {
+                    scan: &scan,
+                    cylinder_id: cylinder.as_ref().map(|record| record.id),
+                    result: outcome.result,
+                    message: &outcome.message,
+                    suspicious_reason: suspicious.as_deref(),
+                    response: &response,
+                    history,
+                };
+                if let Err(error) = self.write_scan(&mut tx, &write).await {
                     // Two retries of one scan raced; the other one won.
                     let duplicate = matches!(&error, sqlx::Error::Database(database) if database.is_unique_violation());
                     if let (true, Some(client_scan_id)) = (duplicate, scan.client_scan_id.as_deref()) {
@@ -217,45 +233,6 @@ macro_rules! impl_scan_store {
                         }
                     }
                     return Err(error.into());
-                }
-
-                let has_context = scan.ip_address.is_some()
-                    || scan.user_agent.is_some()
-                    || scan.position.is_some()
-                    || scan.address.is_some();
-                if has_context {
-                    sqlx::query(INSERT_SCAN_CONTEXT)
-                        .bind(scan.id)
-                        .bind(scan.ip_address.as_deref())
-                        .bind(scan.user_agent.as_deref())
-                        .bind(scan.position.map(|fix| fix.latitude))
-                        .bind(scan.position.map(|fix| fix.longitude))
-                        .bind(scan.position.and_then(|fix| fix.accuracy_m))
-                        .bind(scan.address.as_deref())
-                        .execute(&mut *tx)
-                        .await?;
-                }
-
-                if let Some(record) = &cylinder {
-                    let entry = NewHistoryEntry {
-                        cylinder_id: record.id,
-                        event: HistoryEvent::Scanned,
-                        actor: Some(scan.scanner),
-                        from_status: None,
-                        to_status: None,
-                        notes: String::new(),
-                        details: serde_json::json!({
-                            "scan_id": scan.id,
-                            "scan_type": scan.scan_type.as_str(),
-                            "result": outcome.result.as_str(),
-                            "is_suspicious": suspicious.is_some(),
-                            "scanned_at": scan.scanned_at,
-                        }),
-                    };
-                    let reserved = reserved.ok_or_else(|| {
-                        $crate::storage::StoreError::Corrupt("a locked cylinder returned no history position".into())
-                    })?;
-                    self.write_history_entry(&mut tx, entry, reserved, scan.received_at).await?;
                 }
                 if let (Some(record), Some(reason)) = (&cylinder, suspicious.as_deref()) {
                     self.flag_detected_tamper(&mut tx, record.id, scan.id, reason, &scan).await?;

@@ -784,54 +784,41 @@ macro_rules! impl_store {
                 &self,
                 tx: &mut sqlx::Transaction<'static, $db>,
                 entry: $crate::storage::NewHistoryEntry,
-                (sequence, prev_hash): (i64, String),
+                reserved: (i64, String),
                 now: chrono::DateTime<chrono::Utc>,
             ) -> $crate::storage::StoreResult<()> {
-                use $crate::domain::audit::{ChainedEntry, entry_hash};
+                let prepared = $crate::storage::PreparedEntry::new(&self.chain_key, entry, reserved, now);
+                Self::insert_prepared_entry(tx, &prepared).await?;
+                Ok(())
+            }
+
+            /// Inserts a hashed history entry and moves the chain head to it.
+            async fn insert_prepared_entry(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                entry: &$crate::storage::PreparedEntry,
+            ) -> Result<(), sqlx::Error> {
                 use $crate::storage::shared::*;
-                use chrono::SubsecRound;
-
-                // Both databases keep microseconds, so the hashed time is
-                // cut to microseconds before it is stored.
-                let created_at = now.trunc_subsecs(6);
-                let details = entry.details.to_string();
-                let actor_role = entry.actor.map(|actor| actor.role.as_str());
-                let from_status = entry.from_status.map(|status| status.as_str());
-                let to_status = entry.to_status.map(|status| status.as_str());
-                let hash = entry_hash(
-                    &self.chain_key,
-                    &ChainedEntry {
-                        cylinder_id: entry.cylinder_id,
-                        sequence,
-                        event_type: entry.event.as_str(),
-                        actor_id: entry.actor.map(|actor| actor.user_id),
-                        actor_role,
-                        from_status,
-                        to_status,
-                        notes: &entry.notes,
-                        details: &details,
-                        created_at,
-                        prev_hash: &prev_hash,
-                    },
-                );
-
                 sqlx::query(INSERT_HISTORY)
-                    .bind(uuid::Uuid::new_v4())
+                    .bind(entry.id)
                     .bind(entry.cylinder_id)
-                    .bind(sequence)
-                    .bind(entry.event.as_str())
-                    .bind(entry.actor.map(|actor| actor.user_id))
-                    .bind(actor_role)
-                    .bind(from_status)
-                    .bind(to_status)
+                    .bind(entry.sequence)
+                    .bind(entry.event_type)
+                    .bind(entry.actor_id)
+                    .bind(entry.actor_role)
+                    .bind(entry.from_status)
+                    .bind(entry.to_status)
                     .bind(&entry.notes)
-                    .bind(&details)
-                    .bind(created_at)
-                    .bind(&prev_hash)
-                    .bind(&hash)
+                    .bind(&entry.details)
+                    .bind(entry.created_at)
+                    .bind(&entry.prev_hash)
+                    .bind(&entry.entry_hash)
                     .execute(&mut **tx)
                     .await?;
-                sqlx::query(SET_HISTORY_HEAD).bind(entry.cylinder_id).bind(&hash).execute(&mut **tx).await?;
+                sqlx::query(SET_HISTORY_HEAD)
+                    .bind(entry.cylinder_id)
+                    .bind(&entry.entry_hash)
+                    .execute(&mut **tx)
+                    .await?;
                 Ok(())
             }
         }

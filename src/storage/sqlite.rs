@@ -88,5 +88,53 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Writes a scan's rows: the scan, its context, and its SCANNED history
+    /// entry with the new chain head. SQLite runs in-process, so separate
+    /// statements cost no network round trips.
+    async fn write_scan(
+        &self,
+        tx: &mut Transaction<'static, Sqlite>,
+        write: &super::models::ScanWrite<'_>,
+    ) -> Result<(), sqlx::Error> {
+        use super::scans::{INSERT_SCAN, INSERT_SCAN_CONTEXT};
+
+        let scan = write.scan;
+        sqlx::query(INSERT_SCAN)
+            .bind(scan.id)
+            .bind(write.cylinder_id)
+            .bind(scan.scan_type.as_str())
+            .bind(write.result.as_str())
+            .bind(&scan.raw_code)
+            .bind(scan.scanner.user_id)
+            .bind(scan.scanner.role.as_str())
+            .bind(write.message)
+            .bind(write.suspicious_reason.is_some())
+            .bind(write.suspicious_reason)
+            .bind(scan.scanned_at)
+            .bind(scan.received_at)
+            .bind(scan.client_scan_id.as_deref())
+            .bind(write.response)
+            .execute(&mut **tx)
+            .await?;
+        if write.has_context() {
+            sqlx::query(INSERT_SCAN_CONTEXT)
+                .bind(scan.id)
+                .bind(scan.ip_address.as_deref())
+                .bind(scan.user_agent.as_deref())
+                .bind(scan.position.map(|fix| fix.latitude))
+                .bind(scan.position.map(|fix| fix.longitude))
+                .bind(scan.position.and_then(|fix| fix.accuracy_m))
+                .bind(scan.address.as_deref())
+                .execute(&mut **tx)
+                .await?;
+        }
+        if let Some(entry) = &write.history {
+            Self::insert_prepared_entry(tx, entry).await?;
+        }
+        Ok(())
+    }
+}
+
 impl_store!(SqliteStore, Sqlite);
 impl_scan_store!(SqliteStore, Sqlite);
