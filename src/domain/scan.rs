@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use super::cylinder::CylinderStatus;
 use super::value::InvalidValue;
 
-/// How a code was read.
+/// The kind of reader that read a code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ScanType {
@@ -83,7 +83,7 @@ impl ScanResult {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanCode(String);
 
-/// Longest code accepted, in characters.
+/// Maximum length of a scanned code, in characters.
 const MAX_CODE_CHARS: usize = 64;
 
 impl ScanCode {
@@ -255,7 +255,7 @@ impl Default for TamperPolicy {
     }
 }
 
-/// A scan as the location rule sees it.
+/// A located scan, the input of the movement rule.
 #[derive(Debug, Clone, Copy)]
 pub struct LocatedScan {
     pub at: DateTime<Utc>,
@@ -333,7 +333,7 @@ pub struct ScanFacts {
     pub code_revoked: bool,
 }
 
-/// The outcome of a scan as the scanner sees it.
+/// The outcome of a scan, as the scanner is told it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
     pub result: ScanResult,

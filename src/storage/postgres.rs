@@ -11,6 +11,9 @@ use super::scans::impl_scan_store;
 use super::shared::impl_store;
 use crate::domain::audit::ChainKey;
 
+/// The PostgreSQL schema's migrations, embedded at build time.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
 /// Connections per instance. On a 2-core database server, more than about
 /// 16 concurrent connections lowers throughput.
 const MAX_CONNECTIONS: u32 = 16;
@@ -35,34 +38,6 @@ impl PostgresStore {
             .connect_with(options.application_name("cyltrack"))
             .await?;
         Ok(Self { pool, chain_key })
-    }
-
-    async fn run_migrations(&self) -> StoreResult<()> {
-        sqlx::migrate!("./migrations/postgres")
-            .run(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// Counts the embedded migrations that the database has not applied.
-    /// Any error reading the migrations table counts all as pending, so that
-    /// running them reports the real problem.
-    async fn count_pending_migrations(&self) -> StoreResult<usize> {
-        let migrator = sqlx::migrate!("./migrations/postgres");
-        let query = "SELECT version FROM _sqlx_migrations WHERE success";
-        let applied: Vec<(i64,)> = match sqlx::query_as(query).fetch_all(&self.pool).await {
-            Ok(rows) => rows,
-            Err(_) => return Ok(migrator.iter().count()),
-        };
-        let pending = migrator
-            .iter()
-            .filter(|migration| {
-                !applied
-                    .iter()
-                    .any(|(version,)| *version == migration.version)
-            })
-            .count();
-        Ok(pending)
     }
 
     async fn begin_write(&self) -> StoreResult<Transaction<'static, Postgres>> {

@@ -135,17 +135,31 @@ pub(super) fn conflict_or(error: sqlx::Error, fields: &[(&'static str, &str)]) -
 }
 
 /// Implements [`super::Store`] for `$store`, whose `pool` field is a
-/// `sqlx::Pool<$db>` and which has `begin_write` and `run_migrations`.
+/// `sqlx::Pool<$db>`, which has `begin_write`, and whose module has a
+/// `MIGRATOR` static.
 macro_rules! impl_store {
     ($store:ty, $db:ty) => {
         #[async_trait::async_trait]
         impl $crate::storage::Store for $store {
             async fn migrate(&self) -> $crate::storage::StoreResult<()> {
-                self.run_migrations().await
+                MIGRATOR.run(&self.pool).await?;
+                Ok(())
             }
 
             async fn pending_migrations(&self) -> $crate::storage::StoreResult<usize> {
-                self.count_pending_migrations().await
+                // Any error reading the migrations table counts every
+                // migration as pending, so that running them reports the
+                // real problem.
+                let query = "SELECT version FROM _sqlx_migrations WHERE success";
+                let applied: Vec<(i64,)> = match sqlx::query_as(query).fetch_all(&self.pool).await {
+                    Ok(rows) => rows,
+                    Err(_) => return Ok(MIGRATOR.iter().count()),
+                };
+                let pending = MIGRATOR
+                    .iter()
+                    .filter(|migration| !applied.iter().any(|(version,)| *version == migration.version))
+                    .count();
+                Ok(pending)
             }
 
             async fn close(&self) {

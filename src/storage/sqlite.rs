@@ -12,6 +12,9 @@ use super::scans::impl_scan_store;
 use super::shared::impl_store;
 use crate::domain::audit::ChainKey;
 
+/// The SQLite schema's migrations, embedded at build time.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
 /// Connections in the pool. SQLite allows one writer at a time, so more
 /// connections only help concurrent readers.
 const MAX_CONNECTIONS: u32 = 8;
@@ -50,34 +53,6 @@ impl SqliteStore {
                 .map_err(sqlx::Error::Io)?;
         }
         Ok(Self { pool, chain_key })
-    }
-
-    async fn run_migrations(&self) -> StoreResult<()> {
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// Counts the embedded migrations that the database has not applied.
-    /// Any error reading the migrations table counts all as pending, so that
-    /// running them reports the real problem.
-    async fn count_pending_migrations(&self) -> StoreResult<usize> {
-        let migrator = sqlx::migrate!("./migrations/sqlite");
-        let query = "SELECT version FROM _sqlx_migrations WHERE success";
-        let applied: Vec<(i64,)> = match sqlx::query_as(query).fetch_all(&self.pool).await {
-            Ok(rows) => rows,
-            Err(_) => return Ok(migrator.iter().count()),
-        };
-        let pending = migrator
-            .iter()
-            .filter(|migration| {
-                !applied
-                    .iter()
-                    .any(|(version,)| *version == migration.version)
-            })
-            .count();
-        Ok(pending)
     }
 
     /// Begins a transaction that takes the write lock at once. A deferred

@@ -33,7 +33,7 @@ const CLOCK_SKEW: Duration = Duration::minutes(2);
 /// Oldest event time accepted: a phone that was offline longer than this
 /// has its scans rejected instead of rewriting old history.
 const MAX_SCAN_AGE: Duration = Duration::days(30);
-/// Longest user agent kept, in characters.
+/// Maximum length of a stored user agent, in characters.
 const MAX_USER_AGENT_CHARS: usize = 300;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -64,7 +64,7 @@ pub struct ScanRequest {
 pub struct ScanResponse {
     pub scan_id: Uuid,
     pub result: ScanResult,
-    /// What the scanner should do, in a sentence.
+    /// A sentence telling the scanner what to do.
     pub message: String,
     /// The cylinder, as far as the scanner's role may see it; absent for
     /// FAILED.
@@ -91,7 +91,7 @@ pub struct VerifyTokenRequest {
 pub struct VerifyTokenResponse {
     /// True when the token is genuine and unexpired.
     pub valid: bool,
-    /// Why the token is not valid.
+    /// The reason the token is not valid.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -138,7 +138,7 @@ fn parse_scanned_at(
     Ok(at)
 }
 
-/// The user agent header without control characters, shortened.
+/// Returns the user agent header without control characters, shortened.
 fn user_agent(headers: &HeaderMap) -> Option<String> {
     let text = headers.get(header::USER_AGENT)?.to_str().ok()?;
     let cleaned: String = text
@@ -452,7 +452,8 @@ pub async fn cylinder_scans(
 pub struct TamperRequest {
     /// True to flag the cylinder, false to clear the flag.
     pub is_tampered: bool,
-    /// What was found, 1 to 1,000 characters; required for both.
+    /// Notes on the finding, 1 to 1,000 characters, required both to set and
+    /// to clear the flag.
     pub notes: String,
 }
 
@@ -527,7 +528,7 @@ pub async fn set_tamper_flag(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReissueRequest {
-    /// Why the labels are replaced, 1 to 1,000 characters.
+    /// The reason for replacing the labels, 1 to 1,000 characters.
     pub reason: String,
 }
 
