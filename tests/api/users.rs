@@ -184,9 +184,9 @@ fn run_with_stdin(mut command: Command, input: &str) -> std::process::Output {
         .spawn()
         .unwrap_or_else(|error| panic!("spawn cyltrack: {error}"));
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(input.as_bytes())
-            .unwrap_or_else(|error| panic!("write stdin: {error}"));
+        // A command that rejects its arguments exits without reading its
+        // input, so a broken pipe here is expected and harmless.
+        let _ = stdin.write_all(input.as_bytes());
     }
     child
         .wait_with_output()
