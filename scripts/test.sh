@@ -5,7 +5,7 @@
 #
 #   CYLTRACK_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/cyltrack_test scripts/test.sh
 #
-# Without it, the PostgreSQL half is skipped and this script says so.
+# Without it, the PostgreSQL half is skipped and this script prints so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

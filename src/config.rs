@@ -173,7 +173,7 @@ pub fn load(variables: &Variables) -> Result<(Config, Vec<&'static str>), Config
     load_with(variables, MissingSecrets::Generate)
 }
 
-/// What to do when a secret is neither set nor in the secrets file.
+/// The handling of a secret that is neither set nor in the secrets file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MissingSecrets {
     /// Generate it and keep it in the secrets file.

@@ -1,7 +1,7 @@
 //! The floor: the scan's logical work on the same database state without
 //! HTTP, JSON or the service. On PostgreSQL, pgbench runs it as one SQL
-//! statement per scan, the fewest round trips possible; on SQLite, one
-//! transaction per scan in a tight loop through sqlx.
+//! statement per scan, the fewest round trips possible. On SQLite, it runs
+//! as one transaction per scan in a tight loop through sqlx.
 
 use std::process::Stdio;
 use std::str::FromStr;
@@ -25,7 +25,7 @@ pub struct Floor {
 
 /// One scan as a single statement: lock and advance the cylinder's chain
 /// head, count its scans in the rapid window, read its last located scan,
-/// and insert the scan, its context and its history entry. md5() stands in
+/// and insert the scan, its context and its history entry. md5() replaces
 /// for the HMAC that the service computes in Rust.
 const PGBENCH_SCRIPT: &str = r"\set n random(1, :cylinders)
 \set driver random(1, :drivers)
@@ -162,7 +162,7 @@ async fn sqlite_loop(
                 let code =
                     &codes[(number.wrapping_mul(2_654_435_761) % codes.len() as u64) as usize];
                 // Under contention SQLite can still return SQLITE_BUSY after
-                // its busy timeout; the service would fail that request, and
+                // its busy timeout. The service would fail that request, so
                 // the floor drops the transaction and goes on.
                 match sqlite_scan(&mut connection, code, number % drivers + 1).await {
                     Ok(()) => done += 1,

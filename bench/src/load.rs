@@ -137,7 +137,7 @@ struct Workload {
 }
 
 impl Workload {
-    /// The body of the scan with sequence number `number`: cylinders are
+    /// Builds the body of the scan with sequence number `number`: cylinders are
     /// visited in a scattered order, each at its own place near Nairobi,
     /// with a small share of unknown codes.
     fn body(&self, number: u64) -> serde_json::Value {

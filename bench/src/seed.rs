@@ -47,7 +47,7 @@ impl Database {
         }
     }
 
-    /// The `DATABASE_URL` the server gets.
+    /// Returns the `DATABASE_URL` the server gets.
     pub fn url(&self) -> String {
         match self {
             Database::Sqlite { path, .. } => format!("sqlite://{}", path.display()),
@@ -73,7 +73,7 @@ impl Database {
     }
 }
 
-/// What the load generator and the floor need from the seeded fleet.
+/// The seeded fleet's codes and ids, for the load generator and the floor.
 pub struct Seeded {
     pub codes: Vec<String>,
     /// Ids of the cylinders, in the same order as `codes`.

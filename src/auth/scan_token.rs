@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::domain::codes::keyed_mac;
 
-/// Longest token accepted for checking, in bytes.
+/// Maximum length of a token accepted for checking, in bytes.
 pub const MAX_TOKEN_BYTES: usize = 200;
 
 fn mac(

@@ -333,7 +333,7 @@ pub struct ScanFacts {
     pub code_revoked: bool,
 }
 
-/// The outcome of a scan, as the scanner is told it.
+/// The outcome of a scan, as the response reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
     pub result: ScanResult,

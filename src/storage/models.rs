@@ -392,7 +392,7 @@ pub struct ScanInput {
     pub client_scan_id: Option<String>,
 }
 
-/// What the response builder gets to describe a new scan.
+/// The facts of a new scan, passed to the response builder.
 #[derive(Debug, Clone)]
 pub struct ScanDraft<'a> {
     pub scan_id: Uuid,

@@ -43,7 +43,7 @@ impl SqliteStore {
             .max_connections(MAX_CONNECTIONS)
             .connect_with(options)
             .await?;
-        // The file holds password hashes and cylinder secrets, so a new one
+        // The file contains password hashes and cylinder secrets, so a new one
         // is readable by its owner only. SQLite gives its WAL and shared
         // memory files the same mode.
         #[cfg(unix)]

@@ -30,7 +30,7 @@ struct Fixture {
     admin_token: String,
     /// Assigned to the test customer and in the test driver's custody.
     own_cylinder: String,
-    /// Associated with nobody.
+    /// Associated with no user.
     other_cylinder: String,
     customer_id: Uuid,
     driver_id: Uuid,
@@ -182,7 +182,7 @@ async fn perform(
             None,
         ),
         "GET /api/v1/cylinders?customer_id={other}" => {
-            // Nobody but staff may filter by another user's id.
+            // Only staff may filter by another user's id.
             (
                 Method::GET,
                 format!("/api/v1/cylinders?customer_id={}", Uuid::new_v4()),
@@ -306,7 +306,7 @@ async fn customer_sees_only_own_cylinders(backend: Backend) {
     assert_eq!(items.len(), 1, "{list}");
     assert_eq!(items[0]["id"], fixture.own_cylinder.as_str());
 
-    // A customer sees neither the codes nor who else holds the cylinder.
+    // A customer gets neither the codes nor the other parties with custody.
     for hidden in [
         "qr_code",
         "rfid_tag",

@@ -64,7 +64,7 @@ pub fn postgres_url() -> Option<String> {
         .filter(|url| !url.is_empty())
 }
 
-/// A fresh, migrated store. On PostgreSQL each store gets its own schema.
+/// Opens a fresh, migrated store. On PostgreSQL each store gets its own schema.
 pub async fn fresh_store(backend: Backend, dir: &std::path::Path) -> Arc<dyn Store> {
     fresh_store_with_raw(backend, dir).await.0
 }
@@ -215,7 +215,7 @@ impl RawPool {
     }
 }
 
-/// The chain key that `test_variables` gives the server.
+/// Returns the chain key that `test_variables` gives the server.
 pub fn test_chain_key() -> cyltrack::domain::audit::ChainKey {
     cyltrack::domain::audit::ChainKey::derive(TEST_SECRET_KEY.as_bytes())
 }
@@ -400,7 +400,7 @@ impl TestApp {
     }
 }
 
-/// A valid registration body.
+/// Returns a valid registration body.
 pub fn cylinder_body(serial: &str) -> Value {
     json!({
         "serial_number": serial,
@@ -411,7 +411,7 @@ pub fn cylinder_body(serial: &str) -> Value {
     })
 }
 
-/// The `error.code` and `error.field` of an error body.
+/// Returns the `error.code` and `error.field` of an error body.
 pub fn error_of(body: &Value) -> (String, String) {
     (
         body["error"]["code"]
@@ -425,7 +425,7 @@ pub fn error_of(body: &Value) -> (String, String) {
     )
 }
 
-/// Counts what a staff token sees at a list endpoint (up to 200 items),
+/// Counts the items a staff token lists at an endpoint (up to 200 items),
 /// to prove that a rejected request wrote nothing.
 pub async fn count_items(app: &TestApp, path: &str, staff_token: &str) -> usize {
     let separator = if path.contains('?') { '&' } else { '?' };

@@ -162,7 +162,7 @@ async fn password_reset_ends_sessions(backend: Backend) {
     app.stop().await;
 }
 
-/// A `cyltrack` command with a clean environment pointing at `dir`.
+/// Builds a `cyltrack` command with a clean environment, run in `dir`.
 fn cyltrack(dir: &std::path::Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cyltrack"));
     command

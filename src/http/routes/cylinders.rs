@@ -399,7 +399,7 @@ pub async fn list_cylinders(
         depot_id: query_value("depot_id", query.depot_id.as_deref(), uuid_rule, parse_uuid)?,
         today: Some(today),
     };
-    // Customers and drivers may name themselves in a filter, but nobody else.
+    // Customers and drivers may name themselves in a filter, but no other user.
     let others_named = match grant.scope() {
         Scope::All => false,
         Scope::Customer(own) => {

@@ -338,9 +338,9 @@ pub async fn verify_token(
     }))
 }
 
-/// One scan of a cylinder. Staff see everything; a customer or driver sees
-/// where and by whom only for their own scans, and never the network
-/// details.
+/// One scan of a cylinder. Staff get every field. A customer or driver gets
+/// the place and the scanner only for their own scans, and never the
+/// network details.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ScanView {
     pub id: Uuid,
