@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::domain::Role;
 use crate::domain::codes::{fill_random, keyed_mac};
 use crate::domain::scan::TamperPolicy;
 use crate::domain::value::Email;
@@ -27,6 +28,10 @@ const PLACEHOLDER_SECRETS: &[&str] = &[
 
 /// The shortest secret accepted when `DEBUG` is off, in bytes.
 pub const MIN_SECRET_BYTES: usize = 32;
+
+/// The host names of this machine itself, allowed when `ALLOWED_HOSTS` is
+/// unset and always allowed with `DEBUG` on.
+pub const LOOPBACK_HOSTS: &[&str] = &["localhost", "127.0.0.1", "::1"];
 
 /// Default file that keeps generated secrets, relative to the working
 /// directory.
@@ -92,6 +97,60 @@ pub struct JwtConfig {
     pub refresh_lifetime: Duration,
 }
 
+/// Hourly request limits per role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoleLimits {
+    pub customer: u32,
+    pub driver: u32,
+    pub dispatcher: u32,
+    pub admin: u32,
+}
+
+impl RoleLimits {
+    /// Returns the hourly limit of `role`.
+    pub fn of(&self, role: Role) -> u32 {
+        match role {
+            Role::Customer => self.customer,
+            Role::Driver => self.driver,
+            Role::Dispatcher => self.dispatcher,
+            Role::Admin => self.admin,
+        }
+    }
+}
+
+/// The rate limits, each counted per hour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    /// Scans per user.
+    pub scans: RoleLimits,
+    /// Authenticated API calls per user, scans included.
+    pub api: RoleLimits,
+    /// Requests per client IP address to endpoints that need no token.
+    pub anonymous: u32,
+}
+
+/// The certificate chain and private key for serving HTTPS directly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Bounds on what one request or the whole server may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// The largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// The most header fields in one request.
+    pub max_headers: usize,
+    /// The largest request line and headers together, in bytes.
+    pub max_head_bytes: usize,
+    /// How long one request may take, from its headers to its response.
+    pub request_timeout: Duration,
+    /// Requests served at once; more get 503 at once.
+    pub max_concurrent_requests: usize,
+}
+
 /// The whole configuration of a cyltrack process.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -101,10 +160,20 @@ pub struct Config {
     pub allowed_hosts: Vec<String>,
     pub database: DatabaseTarget,
     pub jwt: JwtConfig,
-    /// Scans per user per hour.
-    pub scan_rate_limit: u32,
-    /// API calls per user per hour.
-    pub api_rate_limit: u32,
+    pub rate_limits: RateLimits,
+    /// Redis server that several instances share their rate-limit counts
+    /// through. The URL may contain a password, so it is kept secret.
+    pub redis_url: Option<SecretString>,
+    /// Proxies whose forwarding headers name the client and the scheme.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `max-age` of the Strict-Transport-Security header; 0 sends none.
+    pub hsts_seconds: u64,
+    pub hsts_include_subdomains: bool,
+    /// Redirects plain-HTTP requests to HTTPS.
+    pub ssl_redirect: bool,
+    /// Serves HTTPS itself when set, instead of behind a TLS proxy.
+    pub tls: Option<TlsFiles>,
+    pub server_limits: ServerLimits,
     pub security_email: Option<Email>,
     pub security_webhook_url: Option<String>,
     pub listen_addr: SocketAddr,
@@ -224,8 +293,14 @@ pub fn load_with(
                 7_776_000,
             )?,
         },
-        scan_rate_limit: reader.positive("SCAN_RATE_LIMIT", 100)?,
-        api_rate_limit: reader.positive("API_RATE_LIMIT", 1000)?,
+        rate_limits: reader.rate_limits()?,
+        redis_url: reader.redis_url()?,
+        trusted_proxies: reader.trusted_proxies()?,
+        hsts_seconds: reader.whole("SECURE_HSTS_SECONDS", 0, 0, 63_072_000)?,
+        hsts_include_subdomains: reader.boolean("SECURE_HSTS_INCLUDE_SUBDOMAINS", false)?,
+        ssl_redirect: reader.boolean("SECURE_SSL_REDIRECT", false)?,
+        tls: reader.tls_files()?,
+        server_limits: reader.server_limits()?,
         security_email: reader.email("SECURITY_EMAIL")?,
         security_webhook_url: reader.webhook_url("SECURITY_WEBHOOK_URL")?,
         listen_addr: reader.socket_addr("LISTEN_ADDR", "127.0.0.1:8000")?,
@@ -285,9 +360,13 @@ impl Reader<'_> {
     }
 
     /// Reads `ALLOWED_HOSTS`: host names or IP addresses, each optionally
-    /// with a leading dot for every subdomain, or `*` for any host.
+    /// with a leading dot for every subdomain, or `*` for any host. Unset,
+    /// only the loopback names are allowed.
     fn allowed_hosts(&self) -> Result<Vec<String>, ConfigError> {
-        let hosts = self.list("ALLOWED_HOSTS");
+        let mut hosts = self.list("ALLOWED_HOSTS");
+        if hosts.is_empty() {
+            hosts = LOOPBACK_HOSTS.iter().map(|host| host.to_string()).collect();
+        }
         for host in &hosts {
             let name = host.strip_prefix('.').unwrap_or(host);
             let valid = host == "*"
@@ -308,6 +387,144 @@ impl Reader<'_> {
             }
         }
         Ok(hosts)
+    }
+
+    /// Reads a whole number from `min` to `max`.
+    fn whole(&self, name: &str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+        let Some(value) = self.text(name) else {
+            return Ok(default);
+        };
+        match value.parse::<u64>() {
+            Ok(number) if (min..=max).contains(&number) => Ok(number),
+            _ => Err(ConfigError::new(
+                name,
+                format!("'{value}' is not a whole number from {min} to {max}"),
+                format!("use a number such as {default}"),
+            )),
+        }
+    }
+
+    /// Reads the hourly limits of every role: `{base}_{ROLE}` when set,
+    /// otherwise the role's default. Customers default to `{base}` itself.
+    fn role_limits(&self, base: &str, defaults: RoleLimits) -> Result<RoleLimits, ConfigError> {
+        let customer_default = self.positive(base, defaults.customer)?;
+        Ok(RoleLimits {
+            customer: self.positive(&format!("{base}_CUSTOMER"), customer_default)?,
+            driver: self.positive(&format!("{base}_DRIVER"), defaults.driver)?,
+            dispatcher: self.positive(&format!("{base}_DISPATCHER"), defaults.dispatcher)?,
+            admin: self.positive(&format!("{base}_ADMIN"), defaults.admin)?,
+        })
+    }
+
+    fn rate_limits(&self) -> Result<RateLimits, ConfigError> {
+        let scans = self.role_limits(
+            "SCAN_RATE_LIMIT",
+            RoleLimits {
+                customer: 100,
+                driver: 1000,
+                dispatcher: 2000,
+                admin: 2000,
+            },
+        )?;
+        let api = self.role_limits(
+            "API_RATE_LIMIT",
+            RoleLimits {
+                customer: 1000,
+                driver: 3000,
+                dispatcher: 5000,
+                admin: 5000,
+            },
+        )?;
+        for role in Role::ALL {
+            if api.of(role) < scans.of(role) {
+                let name = format!("API_RATE_LIMIT_{}", role.as_str());
+                return Err(ConfigError::new(
+                    &name,
+                    format!(
+                        "allows {} calls an hour, fewer than the {} scans SCAN_RATE_LIMIT_{} allows, and every scan is an API call",
+                        api.of(role),
+                        scans.of(role),
+                        role.as_str()
+                    ),
+                    format!("set {name} to at least {}", scans.of(role)),
+                ));
+            }
+        }
+        Ok(RateLimits {
+            scans,
+            api,
+            anonymous: self.positive("ANONYMOUS_RATE_LIMIT", 300)?,
+        })
+    }
+
+    fn redis_url(&self) -> Result<Option<SecretString>, ConfigError> {
+        let Some(value) = self.text("REDIS_URL") else {
+            return Ok(None);
+        };
+        let rest = value
+            .strip_prefix("redis://")
+            .filter(|rest| !rest.is_empty());
+        if rest.is_none() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ConfigError::new(
+                "REDIS_URL",
+                "is not a redis:// URL",
+                "use a URL such as redis://127.0.0.1:6379/0",
+            ));
+        }
+        Ok(Some(SecretString::from(value.to_string())))
+    }
+
+    /// Reads `TRUSTED_PROXIES`: networks in CIDR notation or single
+    /// addresses, separated by commas.
+    fn trusted_proxies(&self) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        self.list("TRUSTED_PROXIES")
+            .iter()
+            .map(|item| {
+                item.parse::<ipnet::IpNet>()
+                    .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map(|network| network.trunc())
+                    .map_err(|_| {
+                        ConfigError::new(
+                            "TRUSTED_PROXIES",
+                            format!("'{item}' is not an IP address or a network in CIDR notation"),
+                            "list the proxies' addresses or networks, such as 10.0.0.5,10.1.0.0/16,fd00::/8",
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    fn tls_files(&self) -> Result<Option<TlsFiles>, ConfigError> {
+        match (self.text("TLS_CERT_FILE"), self.text("TLS_KEY_FILE")) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+                cert: PathBuf::from(cert),
+                key: PathBuf::from(key),
+            })),
+            (Some(_), None) => Err(ConfigError::new(
+                "TLS_KEY_FILE",
+                "is missing while TLS_CERT_FILE is set",
+                "set both to serve HTTPS, or neither to serve plain HTTP behind a TLS proxy",
+            )),
+            (None, Some(_)) => Err(ConfigError::new(
+                "TLS_CERT_FILE",
+                "is missing while TLS_KEY_FILE is set",
+                "set both to serve HTTPS, or neither to serve plain HTTP behind a TLS proxy",
+            )),
+        }
+    }
+
+    fn server_limits(&self) -> Result<ServerLimits, ConfigError> {
+        Ok(ServerLimits {
+            max_body_bytes: self.whole("MAX_REQUEST_BODY_BYTES", 65_536, 1024, 16 * 1024 * 1024)?
+                as usize,
+            max_headers: self.whole("MAX_REQUEST_HEADERS", 64, 16, 1024)? as usize,
+            max_head_bytes: self.whole("MAX_REQUEST_HEAD_BYTES", 16_384, 8192, 1024 * 1024)?
+                as usize,
+            request_timeout: self.seconds("REQUEST_TIMEOUT", 30, 1, 3600)?,
+            max_concurrent_requests: self.whole("MAX_CONCURRENT_REQUESTS", 256, 1, 100_000)?
+                as usize,
+        })
     }
 
     fn positive(&self, name: &str, default: u32) -> Result<u32, ConfigError> {
@@ -818,6 +1035,20 @@ mod tests {
             ("SCAN_RAPID_WINDOW", "5"),
             ("SCAN_MAX_SPEED_KMH", "5000"),
             ("SCAN_TOKEN_LIFETIME", "10"),
+            ("SCAN_RATE_LIMIT_DRIVER", "lots"),
+            ("API_RATE_LIMIT_DRIVER", "10"),
+            ("ANONYMOUS_RATE_LIMIT", "0"),
+            ("REDIS_URL", "http://127.0.0.1:6379"),
+            ("TRUSTED_PROXIES", "10.0.0.0/33"),
+            ("TRUSTED_PROXIES", "proxy.example.com"),
+            ("SECURE_HSTS_SECONDS", "-1"),
+            ("SECURE_SSL_REDIRECT", "sometimes"),
+            ("TLS_KEY_FILE", "/etc/cyltrack/key.pem"),
+            ("MAX_REQUEST_BODY_BYTES", "10"),
+            ("MAX_REQUEST_HEADERS", "0"),
+            ("MAX_REQUEST_HEAD_BYTES", "100"),
+            ("REQUEST_TIMEOUT", "0"),
+            ("MAX_CONCURRENT_REQUESTS", "0"),
         ];
         for (name, value) in cases {
             let dir = temp_dir();
