@@ -1043,7 +1043,6 @@ mod tests {
             ("TRUSTED_PROXIES", "proxy.example.com"),
             ("SECURE_HSTS_SECONDS", "-1"),
             ("SECURE_SSL_REDIRECT", "sometimes"),
-            ("TLS_KEY_FILE", "/etc/cyltrack/key.pem"),
             ("MAX_REQUEST_BODY_BYTES", "10"),
             ("MAX_REQUEST_HEADERS", "0"),
             ("MAX_REQUEST_HEAD_BYTES", "100"),
@@ -1064,6 +1063,37 @@ mod tests {
                 "{name} has a fix"
             );
         }
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs() {
+        let dir = temp_dir();
+        let only_key = variables(dir.path(), &[("TLS_KEY_FILE", "/etc/cyltrack/key.pem")]);
+        assert_eq!(
+            load(&only_key).err().map(|e| e.variable).as_deref(),
+            Some("TLS_CERT_FILE")
+        );
+
+        let only_cert = variables(dir.path(), &[("TLS_CERT_FILE", "/etc/cyltrack/cert.pem")]);
+        assert_eq!(
+            load(&only_cert).err().map(|e| e.variable).as_deref(),
+            Some("TLS_KEY_FILE")
+        );
+    }
+
+    #[test]
+    fn role_limits_default_per_role() {
+        let dir = temp_dir();
+        let vars = variables(
+            dir.path(),
+            &[("SCAN_RATE_LIMIT", "50"), ("API_RATE_LIMIT_ADMIN", "9000")],
+        );
+        let limits = load(&vars).expect("valid").0.rate_limits;
+        assert_eq!(limits.scans.of(Role::Customer), 50);
+        assert_eq!(limits.scans.of(Role::Driver), 1000);
+        assert_eq!(limits.api.of(Role::Admin), 9000);
+        assert_eq!(limits.api.of(Role::Dispatcher), 5000);
+        assert_eq!(limits.anonymous, 300);
     }
 
     #[test]
