@@ -15,6 +15,7 @@ use crate::domain::audit::ChainKey;
 use crate::domain::codes::fill_random;
 use crate::domain::value::Password;
 use crate::http::{self, AppState};
+use crate::ratelimit::RateLimiter;
 use crate::storage::{self, Store};
 
 /// Connects to the configured database and applies migrations.
@@ -60,11 +61,20 @@ pub async fn build_state(config: Config, store: Arc<dyn Store>) -> anyhow::Resul
         .await
         .context("cannot compute the decoy password hash")?;
 
+    let limiter = match &config.redis_url {
+        Some(url) => {
+            tracing::info!("rate-limit counts are shared through Redis");
+            RateLimiter::with_redis(url)?
+        }
+        None => RateLimiter::in_process(),
+    };
+
     Ok(AppState {
         config: Arc::new(config),
         store,
         tokens: Arc::new(tokens),
         decoy_password_hash: decoy_password_hash.into(),
+        limiter: Arc::new(limiter),
     })
 }
 

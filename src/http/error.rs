@@ -41,6 +41,14 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("{field} {rule}")]
     Invalid { field: String, rule: String },
+    /// A header that the request may send is malformed.
+    #[error("{0}")]
+    BadHeader(String),
+    #[error("{0}; see ALLOWED_HOSTS")]
+    InvalidHost(String),
+    /// Too many requests; the client may retry after `retry_after` seconds.
+    #[error("{message}; try again in {retry_after} seconds")]
+    RateLimited { message: String, retry_after: u64 },
     #[error("an internal error occurred")]
     Internal(#[source] anyhow::Error),
 }
@@ -60,6 +68,9 @@ pub struct ErrorDetail {
     /// The request field at fault, when one is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// Seconds to wait before retrying, on `rate_limited` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -88,6 +99,8 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::BadHeader(_) | ApiError::InvalidHost(_) => StatusCode::BAD_REQUEST,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -106,7 +119,17 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Invalid { .. } => "validation_failed",
+            ApiError::BadHeader(_) => "invalid_header",
+            ApiError::InvalidHost(_) => "invalid_host",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Internal(_) => "internal_error",
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ => None,
         }
     }
 
@@ -133,9 +156,15 @@ impl IntoResponse for ApiError {
                 code: self.code(),
                 message: self.to_string(),
                 field: self.field(),
+                retry_after: self.retry_after(),
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

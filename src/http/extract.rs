@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::error::ApiError;
+use super::quota;
 use crate::auth::tokens::TokenKind;
 use crate::domain::Role;
 use crate::domain::access::{Action, Reach, reach};
@@ -54,6 +55,14 @@ impl FromRequestParts<AppState> for CurrentUser {
             .ok_or(ApiError::InvalidToken)?;
 
         tracing::Span::current().record("user_id", tracing::field::display(user.id));
+
+        // Only a verified token of an active user reaches a counter, so a
+        // forged token cannot use up anyone's allowance.
+        let bucket = quota::api_bucket(state, &user);
+        if let Err(wait) = state.limiter.acquire(std::slice::from_ref(&bucket)).await {
+            tracing::warn!(user_id = %user.id, "rate limit reached: API calls");
+            return Err(quota::limited("API requests", wait));
+        }
         Ok(CurrentUser { user })
     }
 }

@@ -2,9 +2,12 @@
 //! handlers parse requests into domain values, check access and delegate to
 //! the [`Store`].
 
+pub mod client;
 pub mod error;
 pub mod extract;
+mod guard;
 pub mod openapi;
+pub mod quota;
 mod routes;
 
 use std::sync::Arc;
@@ -22,6 +25,7 @@ use tracing::Span;
 
 use crate::auth::tokens::TokenService;
 use crate::config::Config;
+use crate::ratelimit::RateLimiter;
 use crate::storage::Store;
 
 pub use error::ApiError;
@@ -36,6 +40,7 @@ pub struct AppState {
     /// An Argon2 hash that logins for unknown usernames are checked
     /// against, so that they take as long as a wrong password.
     pub decoy_password_hash: Arc<str>,
+    pub limiter: Arc<RateLimiter>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -55,10 +60,11 @@ pub fn router(state: AppState) -> Router {
         .on_failure(());
 
     routes::api_routes()
-        .with_state(state)
+        .with_state(state.clone())
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(state, guard::guard))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(trace)
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))

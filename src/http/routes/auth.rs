@@ -12,9 +12,60 @@ use crate::auth::password;
 use crate::auth::tokens::{TokenKind, VerifiedToken};
 use crate::domain::value::Password;
 use crate::http::AppState;
+use crate::http::client::Client;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::ApiJson;
+use crate::http::quota::{self, AnonymousQuota};
+use crate::ratelimit::{Bucket, Rate, retry_after_seconds};
 use crate::storage::{RefreshOutcome, RefreshTokenRecord};
+
+/// The log target of security events, so that operators can route them.
+pub const SECURITY_LOG: &str = "cyltrack::security";
+
+/// Failed logins of one account from one client: 5, then one every 3 minutes.
+const FAILURES_PER_ACCOUNT_AND_CLIENT: Rate = Rate {
+    count: 5,
+    period: std::time::Duration::from_secs(15 * 60),
+};
+
+/// Failed logins of one account from anywhere: 30, then one every 30 seconds.
+/// Low enough to slow a guessing attack spread over many addresses, short
+/// enough that the real user waits at most 30 seconds once it stops.
+const FAILURES_PER_ACCOUNT: Rate = Rate {
+    count: 30,
+    period: std::time::Duration::from_secs(15 * 60),
+};
+
+/// Failed logins from one client across all accounts: 20, then one every 3
+/// minutes.
+const FAILURES_PER_CLIENT: Rate = Rate {
+    count: 20,
+    period: std::time::Duration::from_secs(60 * 60),
+};
+
+/// The failure buckets a login attempt is checked against. Only failures
+/// count; a success empties the account-and-client bucket.
+struct LoginThrottle {
+    buckets: [Bucket; 3],
+}
+
+impl LoginThrottle {
+    /// Keys on the username as typed, whether or not such an account
+    /// exists, so that the throttle reveals nothing about accounts.
+    fn new(username: &str, client: &Client) -> Self {
+        let address = client.limit_key();
+        Self {
+            buckets: [
+                Bucket::new(
+                    format!("login:{username}|{address}"),
+                    FAILURES_PER_ACCOUNT_AND_CLIENT,
+                ),
+                Bucket::new(format!("login:{username}"), FAILURES_PER_ACCOUNT),
+                Bucket::new(format!("login-from:{address}"), FAILURES_PER_CLIENT),
+            ],
+        }
+    }
+}
 
 /// Maximum username length accepted at login, in characters.
 const MAX_USERNAME_CHARS: usize = 150;
@@ -55,6 +106,7 @@ pub struct TokenPair {
 #[tracing::instrument(skip_all)]
 pub async fn login(
     State(state): State<AppState>,
+    quota: AnonymousQuota,
     ApiJson(request): ApiJson<LoginRequest>,
 ) -> Result<Json<TokenPair>, ApiError> {
     let username = request.username.trim().to_lowercase();
@@ -77,6 +129,19 @@ pub async fn login(
         ));
     }
 
+    let throttle = LoginThrottle::new(&username, &quota.client);
+    if let Err(wait) = state.limiter.peek(&throttle.buckets).await {
+        tracing::warn!(
+            target: SECURITY_LOG,
+            event = "login_throttled",
+            username = %username,
+            client_ip = %quota.client.ip,
+            retry_after = retry_after_seconds(wait),
+            "login refused: too many failed attempts"
+        );
+        return Err(quota::limited("failed logins", wait));
+    }
+
     // An unknown username is checked against a decoy hash, so that it costs
     // the same Argon2 work as a wrong password and timing reveals nothing.
     let credentials = state.store.credentials(&username).await?;
@@ -91,10 +156,18 @@ pub async fn login(
     let user = match credentials {
         Some(found) if matches && found.user.is_active => found.user,
         _ => {
-            tracing::warn!(username = %username, "login failed");
+            state.limiter.charge(&throttle.buckets).await;
+            tracing::warn!(
+                target: SECURITY_LOG,
+                event = "login_failed",
+                username = %username,
+                client_ip = %quota.client.ip,
+                "login failed"
+            );
             return Err(ApiError::InvalidCredentials);
         }
     };
+    state.limiter.reset(&throttle.buckets[0].key).await;
     tracing::info!(user_id = %user.id, "login succeeded");
     issue_pair(&state, user.id, Uuid::new_v4()).await.map(Json)
 }
@@ -110,6 +183,7 @@ pub async fn login(
 #[tracing::instrument(skip_all)]
 pub async fn refresh(
     State(state): State<AppState>,
+    _quota: AnonymousQuota,
     ApiJson(request): ApiJson<RefreshRequest>,
 ) -> Result<Json<TokenPair>, ApiError> {
     let presented = verify_refresh(&state, &request.refresh_token)?;
@@ -163,6 +237,7 @@ pub async fn refresh(
 #[tracing::instrument(skip_all)]
 pub async fn logout(
     State(state): State<AppState>,
+    _quota: AnonymousQuota,
     ApiJson(request): ApiJson<RefreshRequest>,
 ) -> Result<StatusCode, ApiError> {
     let presented = verify_refresh(&state, &request.refresh_token)?;

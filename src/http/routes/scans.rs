@@ -2,10 +2,8 @@
 //! a scan's auth token; list a cylinder's scans; and the incident response
 //! of staff (tamper flag, code reissue).
 
-use std::net::SocketAddr;
-
 use axum::Json;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -19,8 +17,10 @@ use crate::domain::codes::{CylinderCodes, auth_hash};
 use crate::domain::scan::{Coordinates, ScanCode, ScanResult, ScanType};
 use crate::domain::value::{Address, Notes};
 use crate::http::AppState;
+use crate::http::client::Client;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{ApiQuery, CurrentUser, JsonBody, PathId};
+use crate::http::quota;
 use crate::storage::{
     CodeReissue, RecordedScan, ScanDraft, ScanInput, ScanOutcome, ScanRecord, Scope,
     TamperFlagOutcome,
@@ -201,7 +201,7 @@ fn with_token(state: &AppState, scan: &RecordedScan) -> Result<serde_json::Value
 pub async fn scan(
     State(state): State<AppState>,
     current: CurrentUser,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client: Client,
     headers: HeaderMap,
     body: JsonBody,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
@@ -237,12 +237,35 @@ pub async fn scan(
         address: address
             .map(Address::into_inner)
             .filter(|text| !text.is_empty()),
-        ip_address: Some(peer.ip().to_string()),
+        ip_address: Some(client.ip.to_string()),
         user_agent: user_agent(&headers),
         scanned_at,
         received_at: now,
         client_scan_id,
     };
+
+    // Replays of a client scan id do not count against the scan limit.
+    // A full bucket costs one look-up to tell a replay from a new scan.
+    let scans = quota::scan_bucket(&state, &current.user);
+    if let Err(wait) = state.limiter.acquire(std::slice::from_ref(&scans)).await {
+        let replay = match input.client_scan_id.as_deref() {
+            Some(id) => state.store.scan_by_client_id(current.user.id, id).await?,
+            None => None,
+        };
+        match replay {
+            Some(first) => return replayed(&state, first, &raw_code),
+            None => {
+                // The refused scan does not count as an API call either.
+                state
+                    .limiter
+                    .release(&quota::api_bucket(&state, &current.user))
+                    .await;
+                tracing::warn!(user_id = %current.user.id, "rate limit reached: scans");
+                return Err(quota::limited("scans", wait));
+            }
+        }
+    }
+
     let role = current.user.role;
     let respond = move |draft: &ScanDraft<'_>| {
         serde_json::to_string(&draft_response(draft, role)).unwrap_or_else(|_| "{}".to_string())
@@ -252,24 +275,37 @@ pub async fn scan(
         .record_scan(input, &state.config.tamper, &respond)
         .await?;
 
-    let (status, scan) = match outcome {
-        ScanOutcome::Recorded(scan) => (StatusCode::CREATED, scan),
-        ScanOutcome::Replayed(first) if first.scanned_code != raw_code => {
-            return Err(ApiError::Conflict {
-                code: "client_scan_id_reused",
-                message: "this client_scan_id was already used for a scan of another code; \
-                          give every scan its own id"
-                    .into(),
-                field: Some("client_scan_id"),
-            });
+    let scan = match outcome {
+        ScanOutcome::Recorded(scan) => scan,
+        ScanOutcome::Replayed(first) => {
+            state.limiter.release(&scans).await;
+            return replayed(&state, first, &raw_code);
         }
-        ScanOutcome::Replayed(scan) => (StatusCode::OK, scan),
     };
     if scan.is_suspicious {
         tracing::warn!(scan_id = %scan.id, cylinder_id = ?scan.cylinder_id, "security: suspicious scan, cylinder flagged as tampered");
     }
     tracing::info!(scan_id = %scan.id, result = scan.result.as_str(), "scan recorded");
-    Ok((status, Json(with_token(&state, &scan)?)))
+    Ok((StatusCode::CREATED, Json(with_token(&state, &scan)?)))
+}
+
+/// Answers a retry with the response of the first scan under its client
+/// scan id, or 409 when that scan was of another code.
+fn replayed(
+    state: &AppState,
+    first: RecordedScan,
+    raw_code: &str,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    if first.scanned_code != raw_code {
+        return Err(ApiError::Conflict {
+            code: "client_scan_id_reused",
+            message: "this client_scan_id was already used for a scan of another code; \
+                      give every scan its own id"
+                .into(),
+            field: Some("client_scan_id"),
+        });
+    }
+    Ok((StatusCode::OK, Json(with_token(state, &first)?)))
 }
 
 #[utoipa::path(
