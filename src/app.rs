@@ -64,7 +64,7 @@ pub async fn build_state(config: Config, store: Arc<dyn Store>) -> anyhow::Resul
     let limiter = match &config.redis_url {
         Some(url) => {
             tracing::info!("rate-limit counts are shared through Redis");
-            RateLimiter::with_redis(url)?
+            RateLimiter::with_redis(url, &config.redis_key_prefix)?
         }
         None => RateLimiter::in_process(),
     };

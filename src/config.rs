@@ -164,6 +164,8 @@ pub struct Config {
     /// Redis server that several instances share their rate-limit counts
     /// through. The URL may contain a password, so it is kept secret.
     pub redis_url: Option<SecretString>,
+    /// Prefix of every Redis key, so that deployments can share a server.
+    pub redis_key_prefix: String,
     /// Proxies whose forwarding headers name the client and the scheme.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `max-age` of the Strict-Transport-Security header; 0 sends none.
@@ -295,6 +297,7 @@ pub fn load_with(
         },
         rate_limits: reader.rate_limits()?,
         redis_url: reader.redis_url()?,
+        redis_key_prefix: reader.redis_key_prefix()?,
         trusted_proxies: reader.trusted_proxies()?,
         hsts_seconds: reader.whole("SECURE_HSTS_SECONDS", 0, 0, 63_072_000)?,
         hsts_include_subdomains: reader.boolean("SECURE_HSTS_INCLUDE_SUBDOMAINS", false)?,
@@ -472,6 +475,22 @@ impl Reader<'_> {
             ));
         }
         Ok(Some(SecretString::from(value.to_string())))
+    }
+
+    fn redis_key_prefix(&self) -> Result<String, ConfigError> {
+        let value = self.text("REDIS_KEY_PREFIX").unwrap_or("cyltrack:");
+        let valid = value.len() <= 64
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '-' | '.'));
+        if !valid {
+            return Err(ConfigError::new(
+                "REDIS_KEY_PREFIX",
+                format!("'{value}' is not a key prefix of up to 64 letters, digits and : _ - ."),
+                "use a short name ending in a colon, such as cyltrack-brand-a:",
+            ));
+        }
+        Ok(value.to_string())
     }
 
     /// Reads `TRUSTED_PROXIES`: networks in CIDR notation or single
@@ -1039,6 +1058,7 @@ mod tests {
             ("API_RATE_LIMIT_DRIVER", "10"),
             ("ANONYMOUS_RATE_LIMIT", "0"),
             ("REDIS_URL", "http://127.0.0.1:6379"),
+            ("REDIS_KEY_PREFIX", "has space"),
             ("TRUSTED_PROXIES", "10.0.0.0/33"),
             ("TRUSTED_PROXIES", "proxy.example.com"),
             ("SECURE_HSTS_SECONDS", "-1"),

@@ -1,6 +1,6 @@
 //! Rate limiting with the generic cell rate algorithm (GCRA).
 //!
-//! A limit of N requests per period is a bucket that holds N and refills
+//! A limit of N requests per period is a bucket of N that refills
 //! evenly, one request every period/N: a driver may scan a whole truck at
 //! once, and then gets one scan back every period/N. Each bucket keeps one
 //! number, its theoretical arrival time (TAT): the time at which the
@@ -27,9 +27,6 @@ const REDIS_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// How long one Redis command may take before it counts as a failure.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// Prefix of every key this service writes to Redis.
-const REDIS_PREFIX: &str = "cyltrack:rate:";
 
 /// A limit: `count` requests per `period`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +69,7 @@ impl Bucket {
     }
 }
 
-/// How an update treats buckets that are full.
+/// The treatment of full buckets by an update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     /// Counts the request in every bucket, or in none when any is full.
@@ -110,7 +107,7 @@ impl RateLimiter {
 
     /// Creates a limiter that shares counts through Redis at `url`. It does
     /// not connect yet, so start-up does not depend on Redis being up.
-    pub fn with_redis(url: &SecretString) -> anyhow::Result<Self> {
+    pub fn with_redis(url: &SecretString, key_prefix: &str) -> anyhow::Result<Self> {
         let client = redis::Client::open(url.expose_secret())
             .map_err(|error| anyhow::anyhow!("REDIS_URL cannot be used: {}", error.kind_text()))?;
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -124,6 +121,7 @@ impl RateLimiter {
             local: LocalCounts::new(),
             redis: Some(RedisCounts {
                 manager,
+                prefix: format!("{key_prefix}rate:"),
                 script: redis::Script::new(GCRA_SCRIPT),
                 failed_at: Mutex::new(None),
             }),
@@ -209,7 +207,7 @@ pub fn retry_after_seconds(wait: Duration) -> u64 {
     seconds.max(1)
 }
 
-/// The GCRA step for one bucket: the new TAT if the request is counted, and
+/// Computes the GCRA step for one bucket: the new TAT if the request is counted, and
 /// how many milliseconds too early it is (0 when it fits).
 fn step(stored_tat: Option<u64>, rate: Rate, now: u64) -> (u64, u64) {
     let tat = stored_tat.unwrap_or(now).max(now);
@@ -356,6 +354,7 @@ return 0
 /// Counts in Redis, shared by every instance.
 struct RedisCounts {
     manager: redis::aio::ConnectionManager,
+    prefix: String,
     script: redis::Script,
     failed_at: Mutex<Option<Instant>>,
 }
@@ -369,7 +368,7 @@ impl RedisCounts {
         failed_at.is_none_or(|at| at.elapsed() >= REDIS_RETRY_AFTER)
     }
 
-    /// Switches to local counts for a while and says so once per outage.
+    /// Switches to local counts for a while, with one warning per outage.
     fn record_failure(&self, error: &redis::RedisError) {
         let mut failed_at = self
             .failed_at
@@ -397,7 +396,7 @@ impl RedisCounts {
     async fn update(&self, mode: Mode, buckets: &[Bucket]) -> Result<u64, redis::RedisError> {
         let mut invocation = self.script.prepare_invoke();
         for bucket in buckets {
-            invocation.key(format!("{REDIS_PREFIX}{}", bucket.key));
+            invocation.key(format!("{}{}", self.prefix, bucket.key));
         }
         invocation.arg(mode.as_str());
         for bucket in buckets {
@@ -414,7 +413,7 @@ impl RedisCounts {
     async fn release(&self, bucket: &Bucket) -> Result<(), redis::RedisError> {
         let mut connection = self.manager.clone();
         let _: i64 = redis::Script::new(RELEASE_SCRIPT)
-            .key(format!("{REDIS_PREFIX}{}", bucket.key))
+            .key(format!("{}{}", self.prefix, bucket.key))
             .arg(bucket.rate.interval_ms())
             .invoke_async(&mut connection)
             .await?;
@@ -425,7 +424,7 @@ impl RedisCounts {
     async fn reset(&self, key: &str) -> Result<(), redis::RedisError> {
         let mut connection = self.manager.clone();
         let _: i64 = redis::cmd("DEL")
-            .arg(format!("{REDIS_PREFIX}{key}"))
+            .arg(format!("{}{key}", self.prefix))
             .query_async(&mut connection)
             .await?;
         self.record_success();

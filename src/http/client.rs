@@ -30,12 +30,9 @@ impl Client {
             IpAddr::V4(address) => address.to_string(),
             IpAddr::V6(address) => match address.to_ipv4_mapped() {
                 Some(mapped) => mapped.to_string(),
-                None => {
-                    let network = ipnet::Ipv6Net::new(address, 64)
-                        .map(|network| network.trunc().to_string())
-                        .unwrap_or_else(|_| address.to_string());
-                    network
-                }
+                None => ipnet::Ipv6Net::new(address, 64)
+                    .map(|network| network.trunc().to_string())
+                    .unwrap_or_else(|_| address.to_string()),
             },
         }
     }

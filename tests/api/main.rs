@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod abuse;
 mod access_matrix;
 mod audit;
 mod auth;
@@ -10,6 +11,7 @@ mod bad_input;
 mod conformance;
 mod cylinders;
 mod meta;
+mod redis_limits;
 mod replay;
 mod scans;
 mod users;
