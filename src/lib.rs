@@ -13,5 +13,6 @@ pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod http;
+pub mod server;
 pub mod storage;
 pub mod telemetry;
