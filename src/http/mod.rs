@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod extract;
+mod limits;
 pub mod openapi;
 mod routes;
 
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, Response, header};
 use tower_http::request_id::{
     MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -54,11 +55,12 @@ pub fn router(state: AppState) -> Router {
         })
         .on_failure(());
 
-    routes::api_routes()
+    let server_limits = state.config.server_limits;
+    let api = routes::api_routes()
         .with_state(state)
         .fallback(routes::not_found)
-        .method_not_allowed_fallback(routes::method_not_allowed)
-        .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
+        .method_not_allowed_fallback(routes::method_not_allowed);
+    limits::apply(api, &server_limits)
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(trace)
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))

@@ -12,4 +12,5 @@ mod cylinders;
 mod meta;
 mod replay;
 mod scans;
+mod server_limits;
 mod users;
