@@ -23,8 +23,11 @@ use tower::Layer;
 use crate::config::ServerLimits;
 
 /// How long a client may take for the TLS handshake, and separately for
-/// sending the request line and headers of each request. Slower clients are
+/// sending the request line and headers of each request. The head timer
+/// also runs while a keep-alive connection is idle. Slower clients are
 /// disconnected, so that they cannot hold connections open for free.
+// NOTE: nothing bounds how long a client may take to read a response body,
+// and graceful shutdown waits for such a client too.
 pub const HEAD_READ_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The pause after a failure to accept a connection that is not the

@@ -567,17 +567,37 @@ async fn oversized_head_is_431() {
     app.stop().await;
 }
 
-/// Opens a connection and sends a login request whose head announces a
-/// 100-byte body but only the first bytes of it, so that the handler waits
-/// for the rest.
-async fn stalled_login(address: SocketAddr) -> TcpStream {
-    let mut stream = connect(address).await;
+/// Sends the head of a login request that announces a 100-byte body, and
+/// only the first bytes of that body, so that the handler waits for the
+/// rest.
+async fn start_stalled_login<S: AsyncWrite + Unpin>(stream: &mut S) {
     let head = "POST /api/v1/auth/login HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
                 Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"user";
     stream
         .write_all(head.as_bytes())
         .await
         .unwrap_or_else(|error| panic!("send head: {error}"));
+    stream
+        .flush()
+        .await
+        .unwrap_or_else(|error| panic!("flush head: {error}"));
+}
+
+/// Sends the rest of the stalled login body and reads the response, a 422
+/// because the body is not a valid login.
+async fn finish_stalled_login<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> RawResponse {
+    let rest = format!("{:<94}", "\":\"x\"}");
+    stream
+        .write_all(rest.as_bytes())
+        .await
+        .unwrap_or_else(|error| panic!("send rest: {error}"));
+    read_response(stream).await
+}
+
+/// Opens a connection with a stalled login request on it.
+async fn stalled_login(address: SocketAddr) -> TcpStream {
+    let mut stream = connect(address).await;
+    start_stalled_login(&mut stream).await;
     stream
 }
 
@@ -629,22 +649,17 @@ async fn request_over_concurrency_limit_is_503() {
     assert_eq!(rejected.header("retry-after"), Some("1"), "{rejected:?}");
 
     // Finishing the stalled request frees the permit.
-    let rest = format!("{:<94}", "\":\"x\"}");
-    stalled
-        .write_all(rest.as_bytes())
-        .await
-        .unwrap_or_else(|error| panic!("send rest: {error}"));
-    let finished = read_response(&mut stalled).await;
+    let finished = finish_stalled_login(&mut stalled).await;
     assert_ne!(finished.status, 503, "{finished:?}");
     assert_eq!(http_exchange(app.address, &health).await.status, 200);
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_lets_request_finish() {
-    let app = spawn_sqlite(&[]).await;
+/// Stops `app` while a request is in flight on `stalled`, and checks that
+/// the request still gets its response and that the server then stops.
+async fn check_shutdown_waits<S: AsyncRead + AsyncWrite + Unpin>(app: TestApp, stalled: &mut S) {
     let address = app.address;
-    let mut stalled = stalled_login(address).await;
+    start_stalled_login(stalled).await;
     // Give the server time to read the head, so the request is in flight.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -655,12 +670,7 @@ async fn shutdown_lets_request_finish() {
         "the server stopped with a request in flight"
     );
 
-    let rest = format!("{:<94}", "\":\"x\"}");
-    stalled
-        .write_all(rest.as_bytes())
-        .await
-        .unwrap_or_else(|error| panic!("send rest: {error}"));
-    let finished = read_response(&mut stalled).await;
+    let finished = finish_stalled_login(stalled).await;
     assert_eq!(finished.status, 422, "{finished:?}");
 
     tokio::time::timeout(Duration::from_secs(10), stopping)
@@ -671,4 +681,25 @@ async fn shutdown_lets_request_finish() {
         TcpStream::connect(address).await.is_err(),
         "still accepting"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_shutdown_lets_request_finish() {
+    let app = spawn_sqlite(&[]).await;
+    let mut stream = connect(app.address).await;
+    check_shutdown_waits(app, &mut stream).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_shutdown_lets_request_finish() {
+    let dir = tempfile::tempdir().unwrap_or_else(|error| panic!("{error}"));
+    let certificate = self_signed_certificate(dir.path(), "server").await;
+    let app = spawn_https(&certificate).await;
+    let connector = tls_connector(&certificate, &rustls::version::TLS13);
+    let server_name = ServerName::try_from("localhost").unwrap_or_else(|_| unreachable!());
+    let mut stream = connector
+        .connect(server_name, connect(app.address).await)
+        .await
+        .unwrap_or_else(|error| panic!("TLS handshake: {error}"));
+    check_shutdown_waits(app, &mut stream).await;
 }
