@@ -1,5 +1,5 @@
 //! Start-up: connect and migrate the database, build the application state
-//! and serve HTTP until a shutdown signal.
+//! and serve HTTP or HTTPS until a shutdown signal.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,6 +16,7 @@ use crate::domain::codes::fill_random;
 use crate::domain::value::Password;
 use crate::http::{self, AppState};
 use crate::ratelimit::RateLimiter;
+use crate::server::{self, Transport};
 use crate::storage::{self, Store};
 
 /// Connects to the configured database and applies migrations.
@@ -88,19 +89,31 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)>
     Ok((listener, local))
 }
 
-/// Serves until `shutdown` completes, then lets in-flight requests finish
-/// and closes the database pool.
+/// Serves HTTP, or HTTPS when `TLS_CERT_FILE` and `TLS_KEY_FILE` are set,
+/// until `shutdown` completes. Then it lets in-flight requests finish and
+/// closes the database pool. An unusable certificate or key stops it before
+/// it serves anything.
 pub async fn serve(
     state: AppState,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let store = state.store.clone();
-    let router = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("the HTTP server failed")?;
+    let transport = match Transport::from_config(state.config.tls.as_ref()) {
+        Ok(transport) => transport,
+        Err(error) => {
+            store.close().await;
+            return Err(error.context("cannot serve HTTPS"));
+        }
+    };
+    let limits = state.config.server_limits;
+    let router = http::router(state);
+
+    // Log watchers and the CLI tests read the bound address from this line.
+    let address = listener.local_addr()?;
+    tracing::info!(%address, scheme = transport.scheme(), "listening");
+    server::run(listener, router, transport, &limits, shutdown).await;
+
     store.close().await;
     tracing::info!("server stopped");
     Ok(())

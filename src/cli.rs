@@ -212,10 +212,9 @@ async fn serve() -> anyhow::Result<()> {
     let store = app::open_store(&config).await?;
     let listen_addr = config.listen_addr;
     let state = app::build_state(config, store).await?;
-    let (listener, bound) = app::bind(listen_addr)
+    let (listener, _) = app::bind(listen_addr)
         .await
         .context("set LISTEN_ADDR to a free address")?;
-    tracing::info!(address = %bound, "listening");
     app::serve(state, listener, app::shutdown_signal()).await
 }
 

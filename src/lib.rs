@@ -14,5 +14,6 @@ pub mod demo;
 pub mod domain;
 pub mod http;
 pub mod ratelimit;
+pub mod server;
 pub mod storage;
 pub mod telemetry;

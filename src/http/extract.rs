@@ -17,9 +17,6 @@ use crate::domain::Role;
 use crate::domain::access::{Action, Reach, reach};
 use crate::storage::{Actor, Scope, UserRecord};
 
-/// Request bodies larger than this are rejected with 413, in bytes.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
-
 /// The caller, authenticated by a bearer access token and still active.
 #[derive(Debug, Clone)]
 pub struct CurrentUser {
@@ -123,10 +120,10 @@ impl CurrentUser {
 /// missing or unknown field is a 422 that names the field.
 pub struct ApiJson<T>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         JsonBody::from_request(request, state)
             .await?
             .decode()
@@ -136,17 +133,17 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 
 /// A request body that is read but not yet decoded, so that a handler can
 /// check the caller's permission first: a caller without it gets 403
-/// whatever the body holds. Only a body over the size limit is rejected
-/// before that, with 413.
+/// whatever the body holds. Only a body over `MAX_REQUEST_BODY_BYTES` is
+/// rejected before that, with 413.
 pub struct JsonBody {
     is_json: bool,
     bytes: Bytes,
 }
 
-impl<S: Send + Sync> FromRequest<S> for JsonBody {
+impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let is_json = request
             .headers()
             .get(header::CONTENT_TYPE)
@@ -157,7 +154,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             .await
             .map_err(|rejection| {
                 if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge(MAX_BODY_BYTES)
+                    ApiError::PayloadTooLarge(state.config.server_limits.max_body_bytes)
                 } else {
                     ApiError::MalformedJson(format!(
                         "the request body could not be read: {rejection}"

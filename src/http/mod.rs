@@ -6,6 +6,7 @@ pub mod client;
 pub mod error;
 pub mod extract;
 mod guard;
+mod limits;
 pub mod openapi;
 pub mod quota;
 mod routes;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, Response, header};
 use tower_http::request_id::{
     MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -59,11 +60,12 @@ pub fn router(state: AppState) -> Router {
         })
         .on_failure(());
 
-    routes::api_routes()
+    let server_limits = state.config.server_limits;
+    let api = routes::api_routes()
         .with_state(state.clone())
         .fallback(routes::not_found)
-        .method_not_allowed_fallback(routes::method_not_allowed)
-        .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
+        .method_not_allowed_fallback(routes::method_not_allowed);
+    limits::apply(api, &server_limits)
         .layer(axum::middleware::from_fn_with_state(state, guard::guard))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(trace)

@@ -13,6 +13,9 @@ use super::routes;
         description = "Tracks LPG gas cylinders and catches counterfeit and cloned labels. \
             Every error has the shape {\"error\": {\"code\", \"message\", \"field\"?}}; \
             malformed JSON is a 400, an invalid value a 422 naming the field, an oversized body a 413. \
+            A request slower than the server's timeout gets a 408, and one beyond its concurrency \
+            limit a 503 with a Retry-After header. Both have the error shape. \
+            Too many or too large headers get a 431 with an empty body. \
             Every response carries an x-request-id header."
     ),
     paths(

@@ -14,4 +14,5 @@ mod meta;
 mod redis_limits;
 mod replay;
 mod scans;
+mod server_limits;
 mod users;
