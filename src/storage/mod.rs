@@ -290,6 +290,14 @@ pub trait Store: Send + Sync + 'static {
     async fn scan_links(&self, cylinder_id: Uuid) -> StoreResult<Vec<ScanLink>>;
     /// Counts the security events waiting for delivery.
     async fn pending_security_events(&self) -> StoreResult<i64>;
+    /// Queues a security event that concerns no cylinder, such as a failed
+    /// login. `details` is a JSON object.
+    async fn record_security_event(
+        &self,
+        kind: &str,
+        details: &serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()>;
 }
 
 /// Connects to the configured database. Migrations are not applied here.

@@ -760,6 +760,24 @@ macro_rules! impl_store {
                     sqlx::query_as($crate::storage::scans::PENDING_SECURITY_EVENTS).fetch_one(&self.pool).await?;
                 Ok(count)
             }
+
+            async fn record_security_event(
+                &self,
+                kind: &str,
+                details: &serde_json::Value,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::storage::StoreResult<()> {
+                sqlx::query($crate::storage::scans::INSERT_SECURITY_EVENT)
+                    .bind(uuid::Uuid::new_v4())
+                    .bind(kind)
+                    .bind(Option::<uuid::Uuid>::None)
+                    .bind(Option::<uuid::Uuid>::None)
+                    .bind(details.to_string())
+                    .bind(at)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
         }
 
         impl $store {

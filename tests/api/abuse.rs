@@ -289,6 +289,23 @@ async fn login_throttled_after_failures(backend: Backend) {
     // Another account from the same address still logs in.
     let (status, body) = app.login("bystander", PASSWORD).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Every failure is queued as a security event; refused attempts write
+    // nothing.
+    let pool = app.database.pool().await;
+    let events = pool
+        .texts("SELECT details FROM security_events WHERE kind = 'LOGIN_FAILED'")
+        .await;
+    pool.close().await;
+    assert_eq!(events.len(), 14, "{events:?}");
+    assert!(
+        events.iter().all(|details| details.contains("127.0.0.1")),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().any(|details| details.contains("nobody-here")),
+        "{events:?}"
+    );
     app.stop().await;
 }
 

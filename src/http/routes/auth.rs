@@ -157,6 +157,15 @@ pub async fn login(
         Some(found) if matches && found.user.is_active => found.user,
         _ => {
             state.limiter.charge(&throttle.buckets).await;
+            let details = serde_json::json!({
+                "username": username,
+                "client_ip": quota.client.ip.to_string(),
+                "account_exists": credentials.is_some(),
+            });
+            state
+                .store
+                .record_security_event("LOGIN_FAILED", &details, Utc::now())
+                .await?;
             tracing::warn!(
                 target: SECURITY_LOG,
                 event = "login_failed",
