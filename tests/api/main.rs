@@ -9,6 +9,7 @@ mod auth;
 mod bad_input;
 mod conformance;
 mod cylinders;
+mod deploy_check;
 mod meta;
 mod replay;
 mod scans;
