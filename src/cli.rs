@@ -1,5 +1,5 @@
-//! The command line: `serve`, `migrate`, `user create`, `demo`, `audit verify`
-//! and `db grants`.
+//! The command line: `serve`, `migrate`, `user create`, `demo`, `audit verify`,
+//! `db grants` and `check --deploy`.
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::app;
 use crate::audit::{self, Identifier};
 use crate::config::{self, Config};
+use crate::deploy_check;
 use crate::domain::Role;
 use crate::domain::user::NewUser;
 use crate::domain::value::{Email, FullName, Password, Phone, Username};
@@ -51,6 +52,25 @@ enum Command {
     /// Print database setup for operators.
     #[command(subcommand)]
     Db(DbCommand),
+    /// Check the configuration before going live.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// Run the production checklist: DEBUG, secrets, ALLOWED_HOSTS, HTTPS,
+    /// HSTS, the database and its role, REDIS_URL and security alerts.
+    ///
+    /// Prints one PASS or FAIL line per item, with the fix for each
+    /// failure, and exits 1 when any item fails. It never generates a
+    /// secret and never prints one. On PostgreSQL it connects with
+    /// DATABASE_URL to read the role's privileges.
+    #[arg(long, required = true)]
+    deploy: bool,
+    /// Number of instances that will share the database. Above 1, the
+    /// database must be PostgreSQL and REDIS_URL must be set.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    instances: u32,
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,7 +206,28 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             print!("{}", audit::grant_statements(&args.role, &args.schema));
             Ok(())
         }
+        Command::Check(args) => check_deploy(args).await,
     }
+}
+
+async fn check_deploy(args: CheckArgs) -> anyhow::Result<()> {
+    let variables = config::process_variables()?;
+    let findings = deploy_check::run(&variables, args.instances).await;
+
+    let mut out = std::io::stdout().lock();
+    for finding in &findings {
+        if writeln!(out, "{finding}").is_err() {
+            break;
+        }
+    }
+    let failed = findings.iter().filter(|finding| !finding.passed()).count();
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} of {} checks failed; see the FAIL lines above",
+            findings.len()
+        );
+    }
+    Ok(())
 }
 
 /// Loads the configuration, installs logging and reports generated secrets.

@@ -263,8 +263,7 @@ pub fn load_with(
     let reader = Reader { variables };
 
     let debug = reader.boolean("DEBUG", false)?;
-    let secrets_path = PathBuf::from(reader.text("SECRETS_FILE").unwrap_or(DEFAULT_SECRETS_FILE));
-    let mut store = SecretsFile::open(&secrets_path)?;
+    let mut store = SecretsFile::open(&reader.secrets_path())?;
     store.may_generate = missing == MissingSecrets::Generate;
 
     let secret_key = reader.secret("SECRET_KEY", debug, &mut store)?;
@@ -278,47 +277,62 @@ pub fn load_with(
     }
     store.save()?;
 
-    let config = Config {
-        debug,
-        secret_key,
-        allowed_hosts: reader.allowed_hosts()?,
-        database: reader.database()?,
-        jwt: JwtConfig {
-            algorithm: reader.jwt_algorithm()?,
-            current: JwtKey::new(jwt_secret),
-            previous: reader.previous_jwt_keys(debug)?,
-            access_lifetime: reader.seconds("JWT_ACCESS_TOKEN_LIFETIME", 3600, 60, 86_400)?,
-            refresh_lifetime: reader.seconds(
-                "JWT_REFRESH_TOKEN_LIFETIME",
-                604_800,
-                300,
-                7_776_000,
-            )?,
-        },
-        rate_limits: reader.rate_limits()?,
-        redis_url: reader.redis_url()?,
-        redis_key_prefix: reader.redis_key_prefix()?,
-        trusted_proxies: reader.trusted_proxies()?,
-        hsts_seconds: reader.whole("SECURE_HSTS_SECONDS", 0, 0, 63_072_000)?,
-        hsts_include_subdomains: reader.boolean("SECURE_HSTS_INCLUDE_SUBDOMAINS", false)?,
-        ssl_redirect: reader.boolean("SECURE_SSL_REDIRECT", false)?,
-        tls: reader.tls_files()?,
-        server_limits: reader.server_limits()?,
-        security_email: reader.email("SECURITY_EMAIL")?,
-        security_webhook_url: reader.webhook_url("SECURITY_WEBHOOK_URL")?,
-        listen_addr: reader.socket_addr("LISTEN_ADDR", "127.0.0.1:8000")?,
-        log_format: reader.log_format()?,
-        tamper: reader.tamper_policy()?,
-        scan_token_lifetime: reader.seconds("SCAN_TOKEN_LIFETIME", 300, 30, 3600)?,
-    };
-    if config.jwt.refresh_lifetime <= config.jwt.access_lifetime {
-        return Err(ConfigError::new(
-            "JWT_REFRESH_TOKEN_LIFETIME",
-            "must be longer than JWT_ACCESS_TOKEN_LIFETIME",
-            "set it to several times the access token lifetime, for example 604800 (7 days)",
-        ));
-    }
+    let config = reader.config(debug, secret_key, jwt_secret, debug)?;
     Ok((config, store.generated))
+}
+
+/// Reads the configuration for an inspection such as `check --deploy`,
+/// which reports weak and missing secrets itself instead of stopping at the
+/// first one. Secrets are taken as set, without strength checks. A missing
+/// secret is replaced by a random value that is never saved, so the result
+/// must not serve requests or check stored data.
+pub(crate) fn load_for_inspection(variables: &Variables) -> Result<Config, ConfigError> {
+    let reader = Reader { variables };
+
+    let debug = reader.boolean("DEBUG", false)?;
+    let mut store = SecretsFile::open(&reader.secrets_path())?;
+    let secret_key = reader.unchecked_secret("SECRET_KEY", &mut store)?;
+    let jwt_secret = reader.unchecked_secret("JWT_SECRET_KEY", &mut store)?;
+
+    reader.config(debug, secret_key, jwt_secret, true)
+}
+
+/// A secret as the service would read it, before any strength check.
+pub(crate) struct ConfiguredSecret {
+    pub value: SecretString,
+    /// True when the value comes from the secrets file, not a variable.
+    pub from_secrets_file: bool,
+}
+
+/// Reads the secret `name` from its variable or, when that is unset, from
+/// the secrets file. Returns `None` when neither has it. Nothing is
+/// generated or checked.
+pub(crate) fn configured_secret(
+    variables: &Variables,
+    name: &str,
+) -> Result<Option<ConfiguredSecret>, ConfigError> {
+    let reader = Reader { variables };
+    if let Some(value) = reader.text(name) {
+        return Ok(Some(ConfiguredSecret {
+            value: SecretString::from(value.to_string()),
+            from_secrets_file: false,
+        }));
+    }
+
+    let store = SecretsFile::open(&reader.secrets_path())?;
+    Ok(store.values.get(name).map(|value| ConfiguredSecret {
+        value: SecretString::from(value.clone()),
+        from_secrets_file: true,
+    }))
+}
+
+/// Reads the keys of `JWT_PREVIOUS_SECRET_KEYS` without checking them.
+pub(crate) fn previous_jwt_secrets(variables: &Variables) -> Vec<SecretString> {
+    Reader { variables }
+        .list("JWT_PREVIOUS_SECRET_KEYS")
+        .into_iter()
+        .map(SecretString::from)
+        .collect()
 }
 
 struct Reader<'a> {
@@ -326,6 +340,62 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
+    /// Reads every setting around the two secrets. With
+    /// `accept_weak_secrets`, previous JWT keys are not checked for strength.
+    fn config(
+        &self,
+        debug: bool,
+        secret_key: SecretString,
+        jwt_secret: SecretString,
+        accept_weak_secrets: bool,
+    ) -> Result<Config, ConfigError> {
+        let config = Config {
+            debug,
+            secret_key,
+            allowed_hosts: self.allowed_hosts()?,
+            database: self.database()?,
+            jwt: JwtConfig {
+                algorithm: self.jwt_algorithm()?,
+                current: JwtKey::new(jwt_secret),
+                previous: self.previous_jwt_keys(accept_weak_secrets)?,
+                access_lifetime: self.seconds("JWT_ACCESS_TOKEN_LIFETIME", 3600, 60, 86_400)?,
+                refresh_lifetime: self.seconds(
+                    "JWT_REFRESH_TOKEN_LIFETIME",
+                    604_800,
+                    300,
+                    7_776_000,
+                )?,
+            },
+            rate_limits: self.rate_limits()?,
+            redis_url: self.redis_url()?,
+            redis_key_prefix: self.redis_key_prefix()?,
+            trusted_proxies: self.trusted_proxies()?,
+            hsts_seconds: self.whole("SECURE_HSTS_SECONDS", 0, 0, 63_072_000)?,
+            hsts_include_subdomains: self.boolean("SECURE_HSTS_INCLUDE_SUBDOMAINS", false)?,
+            ssl_redirect: self.boolean("SECURE_SSL_REDIRECT", false)?,
+            tls: self.tls_files()?,
+            server_limits: self.server_limits()?,
+            security_email: self.email("SECURITY_EMAIL")?,
+            security_webhook_url: self.webhook_url("SECURITY_WEBHOOK_URL")?,
+            listen_addr: self.socket_addr("LISTEN_ADDR", "127.0.0.1:8000")?,
+            log_format: self.log_format()?,
+            tamper: self.tamper_policy()?,
+            scan_token_lifetime: self.seconds("SCAN_TOKEN_LIFETIME", 300, 30, 3600)?,
+        };
+        if config.jwt.refresh_lifetime <= config.jwt.access_lifetime {
+            return Err(ConfigError::new(
+                "JWT_REFRESH_TOKEN_LIFETIME",
+                "must be longer than JWT_ACCESS_TOKEN_LIFETIME",
+                "set it to several times the access token lifetime, for example 604800 (7 days)",
+            ));
+        }
+        Ok(config)
+    }
+
+    fn secrets_path(&self) -> PathBuf {
+        PathBuf::from(self.text("SECRETS_FILE").unwrap_or(DEFAULT_SECRETS_FILE))
+    }
+
     /// Returns the trimmed value of `name`, treating an empty value as unset.
     fn text(&self, name: &str) -> Option<&str> {
         self.variables
@@ -732,18 +802,34 @@ impl Reader<'_> {
         debug: bool,
         store: &mut SecretsFile,
     ) -> Result<SecretString, ConfigError> {
+        let value = self.unchecked_secret(name, store)?;
+        check_secret_strength(name, value.expose_secret(), debug)?;
+        Ok(value)
+    }
+
+    /// Reads the secret `name`, or takes it from the secrets file, or
+    /// generates it into `store` when neither has it and `store` may
+    /// generate. Only [`SecretsFile::save`] writes a generated value to disk.
+    fn unchecked_secret(
+        &self,
+        name: &'static str,
+        store: &mut SecretsFile,
+    ) -> Result<SecretString, ConfigError> {
         let value = match self.text(name) {
             Some(value) => value.to_string(),
             None => store.get_or_generate(name)?,
         };
-        check_secret_strength(name, &value, debug)?;
         Ok(SecretString::from(value))
     }
 }
 
 /// Rejects placeholders and, when `debug` is off, secrets shorter than
 /// [`MIN_SECRET_BYTES`].
-fn check_secret_strength(name: &str, value: &str, debug: bool) -> Result<(), ConfigError> {
+pub(crate) fn check_secret_strength(
+    name: &str,
+    value: &str,
+    debug: bool,
+) -> Result<(), ConfigError> {
     let fix = "generate a random value, for example with `openssl rand -base64 48`, or unset it to have cyltrack generate one";
     let placeholder = PLACEHOLDER_SECRETS
         .iter()

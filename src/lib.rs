@@ -11,6 +11,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod deploy_check;
 pub mod domain;
 pub mod http;
 pub mod ratelimit;

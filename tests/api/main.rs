@@ -10,6 +10,7 @@ mod auth;
 mod bad_input;
 mod conformance;
 mod cylinders;
+mod deploy_check;
 mod meta;
 mod redis_limits;
 mod replay;
