@@ -16,6 +16,11 @@ use super::routes;
             A request slower than the server's timeout gets a 408, and one beyond its concurrency \
             limit a 503 with a Retry-After header. Both have the error shape. \
             Too many or too large headers get a 431 with an empty body. \
+            A request over a rate limit (per user for authenticated calls and scans, per client \
+            address for login, refresh and logout, and for failed logins) gets a 429 with code \
+            rate_limited, a Retry-After header and the same number of seconds in error.retry_after. \
+            A Host outside ALLOWED_HOSTS, or a malformed forwarding header from a trusted proxy, \
+            gets a 400 with code invalid_host or invalid_header. \
             Every response carries an x-request-id header."
     ),
     paths(

@@ -101,6 +101,7 @@ pub struct TokenPair {
         (status = 200, description = "Logged in", body = TokenPair),
         (status = 401, description = "Unknown username or wrong password; both give the same body", body = ErrorBody),
         (status = 422, description = "A field is missing, empty or too long", body = ErrorBody),
+        (status = 429, description = "Too many requests from this address, or too many failed logins for this username; the password was not checked. Retry-After gives the wait", body = ErrorBody),
     )
 )]
 #[tracing::instrument(skip_all)]

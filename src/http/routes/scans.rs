@@ -194,6 +194,7 @@ fn with_token(state: &AppState, scan: &RecordedScan) -> Result<serde_json::Value
         (status = 200, description = "A retry of an earlier scan with the same client_scan_id: its first response", body = ScanResponse),
         (status = 401, description = "Missing or invalid access token", body = ErrorBody),
         (status = 422, description = "A field is invalid, such as a code with characters no label carries", body = ErrorBody),
+        (status = 429, description = "Over the caller's hourly scan or API limit; nothing was recorded. Retry-After gives the wait", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
