@@ -54,6 +54,24 @@ async fn raw(
     )
 }
 
+/// Tries to log in as `username` with a wrong password, sending `headers`.
+async fn failed_login(
+    app: &TestApp,
+    username: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, HeaderMap, Value) {
+    let body = json!({"username": username, "password": "wrong password"});
+    raw(
+        app,
+        Method::POST,
+        "/api/v1/auth/login",
+        None,
+        Some(body),
+        headers,
+    )
+    .await
+}
+
 fn header_text(headers: &HeaderMap, name: &str) -> String {
     headers
         .get(name)
@@ -369,29 +387,15 @@ async fn untrusted_forwarded_for_ignored() {
     // ignored: every login counts against the socket's address.
     for index in 0..3 {
         let spoofed = format!("198.51.100.{index}");
-        let (status, _, body) = raw(
-            &app,
-            Method::POST,
-            "/api/v1/auth/login",
-            None,
-            Some(json!({"username": "someone", "password": "wrong password"})),
-            &[
-                ("x-forwarded-for", &spoofed),
-                ("x-forwarded-for", "garbage"),
-            ],
-        )
-        .await;
+        let spoofing = [
+            ("x-forwarded-for", spoofed.as_str()),
+            ("x-forwarded-for", "garbage"),
+        ];
+        let (status, _, body) = failed_login(&app, "someone", &spoofing).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     }
-    let (status, headers, body) = raw(
-        &app,
-        Method::POST,
-        "/api/v1/auth/login",
-        None,
-        Some(json!({"username": "someone-else", "password": "wrong password"})),
-        &[("x-forwarded-for", "198.51.100.99")],
-    )
-    .await;
+    let spoofing = [("x-forwarded-for", "198.51.100.99")];
+    let (status, headers, body) = failed_login(&app, "someone-else", &spoofing).await;
     // 3 an hour refill one every 1,200 seconds.
     assert_limited(status, &headers, &body, 1100..=1200);
     app.stop().await;
