@@ -703,3 +703,33 @@ async fn https_shutdown_lets_request_finish() {
         .unwrap_or_else(|error| panic!("TLS handshake: {error}"));
     check_shutdown_waits(app, &mut stream).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_https_gets_hsts_without_redirect() {
+    let dir = tempfile::tempdir().unwrap_or_else(|error| panic!("{error}"));
+    let certificate = self_signed_certificate(dir.path(), "server").await;
+    let mut settings = tls_variables(&certificate);
+    settings.push(("SECURE_SSL_REDIRECT", "true".into()));
+    settings.push(("SECURE_HSTS_SECONDS", "31536000".into()));
+    settings.push(("SECURE_HSTS_INCLUDE_SUBDOMAINS", "true".into()));
+    let app = TestApp::spawn_with(Backend::Sqlite, |variables| {
+        for (name, value) in settings {
+            variables.insert(name.into(), value);
+        }
+    })
+    .await;
+
+    // A request that arrived over cyltrack's own TLS is already secure:
+    // it is served, not redirected, and gets HSTS.
+    let connector = tls_connector(&certificate, &rustls::version::TLS13);
+    let request = request_bytes("GET", "/healthz", &[], "");
+    let (health, _) = https_exchange(app.address, &connector, &request).await;
+    assert_eq!(health.status, 200, "{health:?}");
+    assert_eq!(
+        health.header("strict-transport-security"),
+        Some("max-age=31536000; includeSubDomains"),
+        "{health:?}"
+    );
+    assert_eq!(health.header("x-frame-options"), Some("DENY"), "{health:?}");
+    app.stop().await;
+}
