@@ -20,6 +20,9 @@ use crate::config::{Config, LOOPBACK_HOSTS};
 const HTML_POLICY: &str = "default-src 'self'; frame-ancestors 'none'; object-src 'none'; \
      base-uri 'none'; form-action 'self'";
 
+/// The path of the health check, which reveals nothing but "ok".
+const HEALTH_PATH: &str = "/healthz";
+
 /// The policy for everything else: a JSON or text response loads nothing.
 const DATA_POLICY: &str =
     "default-src 'none'; frame-ancestors 'none'; object-src 'none'; base-uri 'none'";
@@ -32,14 +35,19 @@ pub async fn guard(State(state): State<AppState>, mut request: Request, next: Ne
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(peer)| *peer);
 
+    // The health check skips the host check and the redirect: load
+    // balancers probe it by IP address and over plain HTTP.
+    let probe = request.uri().path() == HEALTH_PATH;
     let checked = match peer {
         Some(peer) => client::resolve(peer, tls, request.headers(), &config.trusted_proxies)
             .map_err(|error| {
                 tracing::warn!(peer = %peer, header = error.header, "malformed forwarding header");
                 ApiError::BadHeader(error.to_string())
             })
-            .and_then(|client| {
-                check_host(config, request.headers(), request.uri()).map(|host| (client, host))
+            .and_then(|client| match probe {
+                true => Ok((client, None)),
+                false => check_host(config, request.headers(), request.uri())
+                    .map(|host| (client, Some(host))),
             }),
         None => Err(ApiError::internal(anyhow::anyhow!(
             "the connection's peer address is missing"
@@ -47,7 +55,7 @@ pub async fn guard(State(state): State<AppState>, mut request: Request, next: Ne
     };
     let (mut response, https) = match checked {
         Err(error) => (error.into_response(), tls),
-        Ok((client, host)) if config.ssl_redirect && !client.https => {
+        Ok((client, Some(host))) if config.ssl_redirect && !client.https => {
             (redirect(&host, &request), false)
         }
         Ok((client, _)) => {

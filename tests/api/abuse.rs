@@ -483,7 +483,7 @@ async fn security_headers_on_every_response() {
         ),
         (
             Method::GET,
-            "/healthz",
+            "/api/openapi.json",
             None,
             &[("host", "evil.example")],
             StatusCode::BAD_REQUEST,
@@ -571,13 +571,31 @@ async fn host_check_follows_allowed_hosts() {
         ("bad host!", StatusCode::BAD_REQUEST),
     ];
     for (host, expected) in cases {
-        let (status, _, body) =
-            raw(&app, Method::GET, "/healthz", None, None, &[("host", host)]).await;
+        let (status, _, body) = raw(
+            &app,
+            Method::GET,
+            "/api/openapi.json",
+            None,
+            None,
+            &[("host", host)],
+        )
+        .await;
         assert_eq!(status, expected, "{host}: {body}");
         if expected == StatusCode::BAD_REQUEST {
             assert_eq!(error_of(&body).0, "invalid_host", "{host}: {body}");
         }
     }
+    // Load balancers probe the health check by IP address.
+    let (status, _, body) = raw(
+        &app,
+        Method::GET,
+        "/healthz",
+        None,
+        None,
+        &[("host", "10.0.0.5:8000")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     app.stop().await;
 
     let debug = TestApp::spawn_with(Backend::Sqlite, |variables| {
@@ -589,7 +607,7 @@ async fn host_check_follows_allowed_hosts() {
         let (status, _, body) = raw(
             &debug,
             Method::GET,
-            "/healthz",
+            "/api/openapi.json",
             None,
             None,
             &[("host", host)],
@@ -600,7 +618,7 @@ async fn host_check_follows_allowed_hosts() {
     let (status, _, _) = raw(
         &debug,
         Method::GET,
-        "/healthz",
+        "/api/openapi.json",
         None,
         None,
         &[("host", "evil.example")],
@@ -619,11 +637,19 @@ async fn ssl_redirect_uses_trusted_scheme() {
     })
     .await;
     let host = [("host", "cyltrack.example.co.ke")];
-    let (status, headers, _) = raw(&app, Method::GET, "/healthz?probe=1", None, None, &host).await;
+    let (status, headers, _) = raw(
+        &app,
+        Method::GET,
+        "/api/openapi.json?probe=1",
+        None,
+        None,
+        &host,
+    )
+    .await;
     assert_eq!(status, StatusCode::MOVED_PERMANENTLY);
     assert_eq!(
         header_text(&headers, "location"),
-        "https://cyltrack.example.co.ke/healthz?probe=1"
+        "https://cyltrack.example.co.ke/api/openapi.json?probe=1"
     );
 
     let body = Some(json!({"username": "someone", "password": "wrong password"}));
@@ -643,12 +669,20 @@ async fn ssl_redirect_uses_trusted_scheme() {
         ("host", "cyltrack.example.co.ke"),
         ("x-forwarded-proto", "https"),
     ];
-    let (status, _, body) = raw(&app, Method::GET, "/healthz", None, None, &behind_tls).await;
+    let (status, _, body) = raw(
+        &app,
+        Method::GET,
+        "/api/openapi.json",
+        None,
+        None,
+        &behind_tls,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, _, body) = raw(
         &app,
         Method::GET,
-        "/healthz",
+        "/api/openapi.json",
         None,
         None,
         &[("host", "evil.example")],
@@ -669,12 +703,15 @@ async fn ssl_redirect_uses_trusted_scheme() {
     let (status, _, _) = raw(
         &direct,
         Method::GET,
-        "/healthz",
+        "/api/openapi.json",
         None,
         None,
         &[("x-forwarded-proto", "https")],
     )
     .await;
     assert_eq!(status, StatusCode::MOVED_PERMANENTLY);
+    // The health check answers over plain HTTP.
+    let (status, _, _) = raw(&direct, Method::GET, "/healthz", None, None, &[]).await;
+    assert_eq!(status, StatusCode::OK);
     direct.stop().await;
 }
