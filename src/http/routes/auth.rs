@@ -50,7 +50,7 @@ struct LoginThrottle {
 }
 
 impl LoginThrottle {
-    /// Keys on the username as typed, whether or not such an account
+    /// Keys on the normalised username, whether or not such an account
     /// exists, so that the throttle reveals nothing about accounts.
     fn new(username: &str, client: &Client) -> Self {
         let address = client.limit_key();
