@@ -63,12 +63,10 @@ pub async fn build_state(config: Config, store: Arc<dyn Store>) -> anyhow::Resul
         .context("cannot compute the decoy password hash")?;
 
     let limiter = match &config.redis_url {
-        Some(url) => {
-            tracing::info!("rate-limit counts are shared through Redis");
-            RateLimiter::with_redis(url, &config.redis_key_prefix)?
-        }
+        Some(url) => RateLimiter::with_redis(url, &config.redis_key_prefix)?,
         None => RateLimiter::in_process(),
     };
+    limiter.probe().await;
 
     Ok(AppState {
         config: Arc::new(config),

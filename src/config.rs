@@ -537,10 +537,14 @@ impl Reader<'_> {
         let rest = value
             .strip_prefix("redis://")
             .filter(|rest| !rest.is_empty());
-        if rest.is_none() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        let parsed = redis::IntoConnectionInfo::into_connection_info(value);
+        if rest.is_none()
+            || parsed.is_err()
+            || value.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(ConfigError::new(
                 "REDIS_URL",
-                "is not a redis:// URL",
+                "is not a valid redis:// URL with a host, an optional port from 1 to 65535 and an optional database number",
                 "use a URL such as redis://127.0.0.1:6379/0",
             ));
         }
@@ -624,7 +628,7 @@ impl Reader<'_> {
             Ok(number) if number > 0 => Ok(number),
             _ => Err(ConfigError::new(
                 name,
-                format!("'{value}' is not a positive whole number"),
+                format!("'{value}' is not a whole number from 1 to {}", u32::MAX),
                 format!("use a number such as {default}"),
             )),
         }
@@ -1145,6 +1149,7 @@ mod tests {
             ("ANONYMOUS_RATE_LIMIT", "0"),
             ("REDIS_URL", "http://127.0.0.1:6379"),
             ("REDIS_KEY_PREFIX", "has space"),
+            ("REDIS_URL", "redis://127.0.0.1:notaport"),
             ("TRUSTED_PROXIES", "10.0.0.0/33"),
             ("TRUSTED_PROXIES", "proxy.example.com"),
             ("SECURE_HSTS_SECONDS", "-1"),

@@ -108,12 +108,20 @@ impl RateLimiter {
     /// Creates a limiter that shares counts through Redis at `url`. It does
     /// not connect yet, so start-up does not depend on Redis being up.
     pub fn with_redis(url: &SecretString, key_prefix: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url.expose_secret())
-            .map_err(|error| anyhow::anyhow!("REDIS_URL cannot be used: {}", error.kind_text()))?;
+        let client = redis::Client::open(url.expose_secret()).map_err(|error| {
+            anyhow::anyhow!(
+                "REDIS_URL cannot be used ({}). Fix: use a URL such as redis://127.0.0.1:6379/0",
+                error.kind_text()
+            )
+        })?;
+        // The address without the password, for log lines.
+        let address = client.get_connection_info().addr().to_string();
+        // No retries inside a request: the limiter falls back to local
+        // counts at once and tries Redis again later.
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(REDIS_TIMEOUT))
             .set_response_timeout(Some(REDIS_TIMEOUT))
-            .set_number_of_retries(1);
+            .set_number_of_retries(0);
         let manager = redis::aio::ConnectionManager::new_lazy_with_config(client, config).map_err(
             |error| anyhow::anyhow!("cannot set up the Redis connection: {}", error.kind_text()),
         )?;
@@ -121,6 +129,7 @@ impl RateLimiter {
             local: LocalCounts::new(),
             redis: Some(RedisCounts {
                 manager,
+                address,
                 prefix: format!("{key_prefix}rate:"),
                 script: redis::Script::new(GCRA_SCRIPT),
                 failed_at: Mutex::new(None),
@@ -131,6 +140,24 @@ impl RateLimiter {
     /// Returns whether counts are shared through Redis.
     pub fn is_shared(&self) -> bool {
         self.redis.is_some()
+    }
+
+    /// Checks that Redis answers, and logs where the counts live. A failure
+    /// is logged and switches to local counts, like a failure in a request.
+    pub async fn probe(&self) {
+        let Some(redis) = &self.redis else {
+            tracing::info!("rate-limit counts are kept in this process");
+            return;
+        };
+        let mut connection = redis.manager.clone();
+        let answer: Result<String, redis::RedisError> =
+            redis::cmd("PING").query_async(&mut connection).await;
+        match answer {
+            Ok(_) => {
+                tracing::info!(redis = %redis.address, "rate-limit counts are shared through Redis")
+            }
+            Err(error) => redis.record_failure(&error),
+        }
     }
 
     /// Counts a request in every bucket when all have room. Otherwise
@@ -354,6 +381,8 @@ return 0
 /// Counts in Redis, shared by every instance.
 struct RedisCounts {
     manager: redis::aio::ConnectionManager,
+    /// Host and port, never the password.
+    address: String,
     prefix: String,
     script: redis::Script,
     failed_at: Mutex<Option<Instant>>,
@@ -376,6 +405,7 @@ impl RedisCounts {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if failed_at.is_none() {
             tracing::warn!(
+                redis = %self.address,
                 error = error.kind_text(),
                 "Redis is unreachable; each instance now enforces rate limits on its own counts"
             );
@@ -389,7 +419,7 @@ impl RedisCounts {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if failed_at.take().is_some() {
-            tracing::info!("Redis is reachable again; rate-limit counts are shared");
+            tracing::info!(redis = %self.address, "Redis is reachable again; rate-limit counts are shared");
         }
     }
 

@@ -298,6 +298,19 @@ fn https_configured(config: &Config) -> Finding {
             "cyltrack serves TLS with TLS_CERT_FILE and TLS_KEY_FILE",
         );
     }
+    if let Some(everyone) = config
+        .trusted_proxies
+        .iter()
+        .find(|network| network.prefix_len() == 0)
+    {
+        return Finding::fail(
+            ITEM,
+            format!(
+                "TRUSTED_PROXIES contains {everyone}, so any client can claim any address and scheme in forwarding headers"
+            ),
+            "list only the addresses of your reverse proxies in TRUSTED_PROXIES, such as 127.0.0.1",
+        );
+    }
     if !config.trusted_proxies.is_empty() {
         return Finding::pass_with_note(ITEM, "TLS is terminated by a proxy in TRUSTED_PROXIES");
     }
@@ -338,7 +351,7 @@ fn hsts_long_enough(config: &Config) -> Finding {
 }
 
 fn shared_database(config: &Config, instances: u32) -> Finding {
-    const ITEM: &str = "Database is PostgreSQL";
+    const ITEM: &str = "Database suits the number of instances";
     match (&config.database, instances > 1) {
         (DatabaseTarget::Postgres { .. }, _) => Finding::pass(ITEM),
         (DatabaseTarget::Sqlite { .. }, false) => Finding::pass_with_note(
@@ -357,7 +370,7 @@ fn shared_database(config: &Config, instances: u32) -> Finding {
 }
 
 fn shared_rate_limits(config: &Config, instances: u32) -> Finding {
-    const ITEM: &str = "REDIS_URL is set";
+    const ITEM: &str = "Rate-limit counts are shared between instances";
     match (&config.redis_url, instances > 1) {
         (Some(_), _) => Finding::pass(ITEM),
         (None, false) => Finding::pass_with_note(
@@ -640,6 +653,14 @@ mod tests {
             &[("TRUSTED_PROXIES", "")],
         )));
         assert_fails_with(&neither, "neither TLS_CERT_FILE", "TRUSTED_PROXIES");
+
+        for everyone in ["0.0.0.0/0", "10.0.0.1,::/0"] {
+            let open = https_configured(&config_of(&variables(
+                dir.path(),
+                &[("TRUSTED_PROXIES", everyone)],
+            )));
+            assert_fails_with(&open, "any client can claim", "TRUSTED_PROXIES");
+        }
 
         let cert = dir.path().join("cert.pem");
         let key = dir.path().join("key.pem");

@@ -157,8 +157,14 @@ async fn deploy_check_fails_bad_config() {
             "SECURE_HSTS_SECONDS is at least one year",
             "Fix: set SECURE_HSTS_SECONDS=31536000",
         ),
-        ("Database is PostgreSQL", "Fix: set DATABASE_URL"),
-        ("REDIS_URL is set", "Fix: set REDIS_URL"),
+        (
+            "Database suits the number of instances",
+            "Fix: set DATABASE_URL",
+        ),
+        (
+            "Rate-limit counts are shared between instances",
+            "Fix: set REDIS_URL",
+        ),
         (
             "Security alerts have a destination",
             "Fix: set SECURITY_EMAIL",
