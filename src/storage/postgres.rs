@@ -43,6 +43,9 @@ impl PostgresStore {
     async fn begin_write(&self) -> StoreResult<Transaction<'static, Postgres>> {
         Ok(self.pool.begin().await?)
     }
+
+    /// Does nothing: write transactions use the one pool.
+    async fn close_writer(&self) {}
 }
 
 /// A scan's rows in one statement: the scan, its context when it has any,

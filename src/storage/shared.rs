@@ -163,6 +163,7 @@ macro_rules! impl_store {
             }
 
             async fn close(&self) {
+                self.close_writer().await;
                 self.pool.close().await;
             }
 
