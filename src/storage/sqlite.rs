@@ -29,9 +29,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct SqliteStore {
     pool: SqlitePool,
     /// The one connection that write transactions use. SQLite allows one
-    /// writer at a time; queueing writers here, in order, replaces SQLite's
-    /// busy handler, which sleeps and retries and so gave waiting writers
-    /// tail latencies of hundreds of milliseconds.
+    /// writer at a time, so writers wait here in order. SQLite's busy
+    /// handler would instead sleep and retry, which cost waiting writers
+    /// hundreds of milliseconds.
     writer: SqlitePool,
     chain_key: ChainKey,
 }
