@@ -617,7 +617,8 @@ impl PreparedEntry {
         let created_at = now.trunc_subsecs(6);
         let details = entry.details.to_string();
         let mut prepared = Self {
-            id: Uuid::new_v4(),
+            // Time-ordered, like scan ids, for the same index locality.
+            id: Uuid::now_v7(),
             cylinder_id: entry.cylinder_id,
             sequence,
             event_type: entry.event.as_str(),
