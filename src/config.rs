@@ -141,7 +141,7 @@ pub struct TlsFiles {
 pub struct ServerLimits {
     /// The largest request body accepted, in bytes.
     pub max_body_bytes: usize,
-    /// The most header fields in one request.
+    /// Maximum number of header fields in one request.
     pub max_headers: usize,
     /// The largest request line and headers together, in bytes.
     pub max_head_bytes: usize,

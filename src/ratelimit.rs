@@ -142,7 +142,7 @@ impl RateLimiter {
         self.redis.is_some()
     }
 
-    /// Checks that Redis answers, and logs where the counts live. A failure
+    /// Sends Redis a PING and logs where the counts live. A failure
     /// is logged and switches to local counts, like a failure in a request.
     pub async fn probe(&self) {
         let Some(redis) = &self.redis else {
@@ -569,21 +569,21 @@ mod tests {
             let client = bucket(&format!("ip:{index}"), 5, 60);
             counts.update(Mode::Acquire, std::slice::from_ref(&client), 0);
         }
-        let held = counts
+        let stored = counts
             .tats
             .lock()
             .map(|tats| tats.len())
             .unwrap_or_default();
-        assert_eq!(held, MAX_LOCAL_KEYS);
+        assert_eq!(stored, MAX_LOCAL_KEYS);
         // Once those buckets have refilled, new clients are counted again.
         let late = bucket("ip:late", 5, 60);
         counts.update(Mode::Acquire, std::slice::from_ref(&late), 61_000);
-        let held = counts
+        let stored = counts
             .tats
             .lock()
             .map(|tats| tats.len())
             .unwrap_or_default();
-        assert_eq!(held, 1);
+        assert_eq!(stored, 1);
     }
 
     #[test]

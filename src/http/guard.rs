@@ -44,10 +44,13 @@ pub async fn guard(State(state): State<AppState>, mut request: Request, next: Ne
                 tracing::warn!(peer = %peer, header = error.header, "malformed forwarding header");
                 ApiError::BadHeader(error.to_string())
             })
-            .and_then(|client| match probe {
-                true => Ok((client, None)),
-                false => check_host(config, request.headers(), request.uri())
-                    .map(|host| (client, Some(host))),
+            .and_then(|client| {
+                if probe {
+                    return Ok((client, None));
+                }
+                check_host(config, request.headers(), request.uri())
+                    .inspect_err(|error| tracing::info!(peer = %peer, error = %error, "request rejected: host not allowed"))
+                    .map(|host| (client, Some(host)))
             }),
         None => Err(ApiError::internal(anyhow::anyhow!(
             "the connection's peer address is missing"

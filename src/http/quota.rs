@@ -34,9 +34,9 @@ pub fn anonymous_bucket(state: &AppState, client: &Client) -> Bucket {
 }
 
 /// Builds the 429 for a full bucket.
-pub fn limited(what: &str, wait: Duration) -> ApiError {
+pub fn limited(counted: &str, wait: Duration) -> ApiError {
     ApiError::RateLimited {
-        message: format!("too many {what}"),
+        message: format!("too many {counted}"),
         retry_after: retry_after_seconds(wait),
     }
 }

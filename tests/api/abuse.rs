@@ -54,6 +54,15 @@ async fn raw(
     )
 }
 
+/// Sends a GET without a token, with extra headers.
+async fn get_with(
+    app: &TestApp,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, HeaderMap, Value) {
+    raw(app, Method::GET, path, None, None, headers).await
+}
+
 /// Tries to log in as `username` with a wrong password, sending `headers`.
 async fn failed_login(
     app: &TestApp,
@@ -524,7 +533,7 @@ async fn security_headers_on_every_response() {
     }
 
     let https = [("x-forwarded-proto", "https")];
-    let (_, received, _) = raw(&app, Method::GET, "/healthz", None, None, &https).await;
+    let (_, received, _) = get_with(&app, "/healthz", &https).await;
     assert_eq!(
         header_text(&received, "strict-transport-security"),
         "max-age=31536000"
@@ -539,7 +548,7 @@ async fn hsts_ignores_untrusted_scheme() {
     })
     .await;
     let https = [("x-forwarded-proto", "https")];
-    let (_, received, _) = raw(&app, Method::GET, "/healthz", None, None, &https).await;
+    let (_, received, _) = get_with(&app, "/healthz", &https).await;
     assert!(
         received.get("strict-transport-security").is_none(),
         "{received:?}"
@@ -571,30 +580,14 @@ async fn host_check_follows_allowed_hosts() {
         ("bad host!", StatusCode::BAD_REQUEST),
     ];
     for (host, expected) in cases {
-        let (status, _, body) = raw(
-            &app,
-            Method::GET,
-            "/api/openapi.json",
-            None,
-            None,
-            &[("host", host)],
-        )
-        .await;
+        let (status, _, body) = get_with(&app, "/api/openapi.json", &[("host", host)]).await;
         assert_eq!(status, expected, "{host}: {body}");
         if expected == StatusCode::BAD_REQUEST {
             assert_eq!(error_of(&body).0, "invalid_host", "{host}: {body}");
         }
     }
     // Load balancers probe the health check by IP address.
-    let (status, _, body) = raw(
-        &app,
-        Method::GET,
-        "/healthz",
-        None,
-        None,
-        &[("host", "10.0.0.5:8000")],
-    )
-    .await;
+    let (status, _, body) = get_with(&app, "/healthz", &[("host", "10.0.0.5:8000")]).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     app.stop().await;
 
@@ -604,26 +597,10 @@ async fn host_check_follows_allowed_hosts() {
     })
     .await;
     for host in ["localhost:8000", "127.0.0.1", "[::1]:8000"] {
-        let (status, _, body) = raw(
-            &debug,
-            Method::GET,
-            "/api/openapi.json",
-            None,
-            None,
-            &[("host", host)],
-        )
-        .await;
+        let (status, _, body) = get_with(&debug, "/api/openapi.json", &[("host", host)]).await;
         assert_eq!(status, StatusCode::OK, "with DEBUG, {host}: {body}");
     }
-    let (status, _, _) = raw(
-        &debug,
-        Method::GET,
-        "/api/openapi.json",
-        None,
-        None,
-        &[("host", "evil.example")],
-    )
-    .await;
+    let (status, _, _) = get_with(&debug, "/api/openapi.json", &[("host", "evil.example")]).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     debug.stop().await;
 }
@@ -637,15 +614,7 @@ async fn ssl_redirect_uses_trusted_scheme() {
     })
     .await;
     let host = [("host", "cyltrack.example.co.ke")];
-    let (status, headers, _) = raw(
-        &app,
-        Method::GET,
-        "/api/openapi.json?probe=1",
-        None,
-        None,
-        &host,
-    )
-    .await;
+    let (status, headers, _) = get_with(&app, "/api/openapi.json?probe=1", &host).await;
     assert_eq!(status, StatusCode::MOVED_PERMANENTLY);
     assert_eq!(
         header_text(&headers, "location"),
@@ -669,25 +638,9 @@ async fn ssl_redirect_uses_trusted_scheme() {
         ("host", "cyltrack.example.co.ke"),
         ("x-forwarded-proto", "https"),
     ];
-    let (status, _, body) = raw(
-        &app,
-        Method::GET,
-        "/api/openapi.json",
-        None,
-        None,
-        &behind_tls,
-    )
-    .await;
+    let (status, _, body) = get_with(&app, "/api/openapi.json", &behind_tls).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, _, body) = raw(
-        &app,
-        Method::GET,
-        "/api/openapi.json",
-        None,
-        None,
-        &[("host", "evil.example")],
-    )
-    .await;
+    let (status, _, body) = get_with(&app, "/api/openapi.json", &[("host", "evil.example")]).await;
     assert_eq!(
         status,
         StatusCode::BAD_REQUEST,
@@ -700,18 +653,15 @@ async fn ssl_redirect_uses_trusted_scheme() {
         variables.insert("SECURE_SSL_REDIRECT".into(), "true".into());
     })
     .await;
-    let (status, _, _) = raw(
+    let (status, _, _) = get_with(
         &direct,
-        Method::GET,
         "/api/openapi.json",
-        None,
-        None,
         &[("x-forwarded-proto", "https")],
     )
     .await;
     assert_eq!(status, StatusCode::MOVED_PERMANENTLY);
-    // The health check answers over plain HTTP.
-    let (status, _, _) = raw(&direct, Method::GET, "/healthz", None, None, &[]).await;
+    // The health check is served over plain HTTP.
+    let (status, _, _) = get_with(&direct, "/healthz", &[]).await;
     assert_eq!(status, StatusCode::OK);
     direct.stop().await;
 }

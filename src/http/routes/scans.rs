@@ -292,7 +292,7 @@ pub async fn scan(
     Ok((StatusCode::CREATED, Json(with_token(&state, &scan)?)))
 }
 
-/// Answers a retry with the response of the first scan under its client
+/// Returns, for a retry, the response of the first scan under its client
 /// scan id, or 409 when that scan was of another code.
 fn replayed(
     state: &AppState,
