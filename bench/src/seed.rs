@@ -182,6 +182,12 @@ async fn seed_postgres(
         .execute(&mut connection)
         .await
         .context("seeding scan context")?;
+        for statement in cyltrack::storage::postgres::REBUILD_RULE_MEMORY {
+            connection
+                .execute(statement)
+                .await
+                .context("rebuilding the cylinders' rule memory")?;
+        }
     }
     connection.execute("VACUUM ANALYZE").await?;
     let rows: Vec<(uuid::Uuid, String)> =
@@ -263,6 +269,12 @@ async fn seed_sqlite(
         .execute(&mut connection)
         .await
         .context("seeding scan context")?;
+        for statement in cyltrack::storage::sqlite::REBUILD_RULE_MEMORY {
+            connection
+                .execute(statement)
+                .await
+                .context("rebuilding the cylinders' rule memory")?;
+        }
     }
     connection.execute("ANALYZE").await?;
     let rows: Vec<(uuid::Uuid, String)> =

@@ -6,6 +6,7 @@ pub mod access;
 pub mod audit;
 pub mod codes;
 pub mod cylinder;
+pub mod rule_memory;
 pub mod scan;
 pub mod user;
 pub mod value;

@@ -256,10 +256,52 @@ impl Default for TamperPolicy {
 }
 
 /// A located scan, the input of the movement rule.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LocatedScan {
     pub at: DateTime<Utc>,
     pub position: Coordinates,
+}
+
+/// The inputs of both cloning rules for one scan.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RuleInputs {
+    /// Event times of the cylinder's other scans within the rapid-scan
+    /// window of the scan's time.
+    pub times: Vec<DateTime<Utc>>,
+    /// The cylinder's located scans just before and just after the scan's
+    /// time, when there are any.
+    pub neighbours: Vec<LocatedScan>,
+}
+
+/// Applies both cloning rules to a scan at `at` and returns the reason when
+/// one fires: first the rapid-scan rule, then the movement rule against
+/// each located neighbour in event-time order.
+pub fn cloning_reason(
+    policy: &TamperPolicy,
+    at: DateTime<Utc>,
+    position: Option<Coordinates>,
+    inputs: &RuleInputs,
+) -> Option<String> {
+    if is_rapid(policy, at, &inputs.times) {
+        return Some(format!(
+            "scanned more than {} times within {} minutes: possible cloned label",
+            policy.rapid_limit,
+            policy.rapid_window.num_minutes()
+        ));
+    }
+
+    let this = LocatedScan {
+        at,
+        position: position?,
+    };
+    inputs.neighbours.iter().find_map(|other| {
+        let (first, second) = if other.at <= at {
+            (other, &this)
+        } else {
+            (&this, other)
+        };
+        impossible_movement(policy, first, second)
+    })
 }
 
 /// Returns true when a scan at `at` completes more than `rapid_limit` scans

@@ -5,8 +5,9 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::StoreError;
-use crate::domain::scan::{Coordinates, ScanResult, ScanType, Verdict};
+use super::{StoreError, StoreResult};
+use crate::domain::rule_memory::{LastFix, RuleMemory};
+use crate::domain::scan::{Coordinates, LocatedScan, ScanResult, ScanType, Verdict};
 use crate::domain::{CylinderStatus, Role};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -370,6 +371,45 @@ pub(super) struct CylinderSecretRow {
     pub history_count: i64,
     /// The hash of the entry before the reserved one.
     pub last_history_hash: String,
+    pub recent_scans: String,
+    pub recent_scans_after: Option<DateTime<Utc>>,
+    pub last_fix_scan_id: Option<Uuid>,
+    pub last_fix_at: Option<DateTime<Utc>>,
+    pub last_fix_latitude: Option<f64>,
+    pub last_fix_longitude: Option<f64>,
+    pub last_fix_accuracy_m: Option<f64>,
+}
+
+impl CylinderSecretRow {
+    /// The cylinder's memory for the cloning rules.
+    pub fn rule_memory(&self) -> StoreResult<RuleMemory> {
+        let last_fix = match (
+            self.last_fix_scan_id,
+            self.last_fix_at,
+            self.last_fix_latitude,
+            self.last_fix_longitude,
+        ) {
+            (Some(scan_id), Some(at), Some(latitude), Some(longitude)) => Some(LastFix {
+                scan_id,
+                scan: LocatedScan {
+                    at,
+                    position: Coordinates {
+                        latitude,
+                        longitude,
+                        accuracy_m: self.last_fix_accuracy_m,
+                    },
+                },
+            }),
+            (None, None, None, None) => None,
+            _ => {
+                return Err(StoreError::Corrupt(
+                    "a cylinder's last fix is incomplete".into(),
+                ));
+            }
+        };
+        RuleMemory::from_stored(self.recent_scans_after, &self.recent_scans, last_fix)
+            .map_err(|error| StoreError::Corrupt(format!("a cylinder's rule memory: {}", error.0)))
+    }
 }
 
 /// A scan to record, parsed and normalised by the caller.
@@ -663,9 +703,17 @@ pub(super) struct ScanWrite<'a> {
     pub response: &'a str,
     /// The SCANNED entry, for a scan of a known cylinder.
     pub history: Option<PreparedEntry>,
+    /// The cylinder's rule memory with this scan recorded, for a scan of a
+    /// known cylinder.
+    pub memory: Option<RuleMemory>,
 }
 
 impl ScanWrite<'_> {
+    /// The last fix to store with the scan.
+    pub fn last_fix(&self) -> Option<&LastFix> {
+        self.memory.as_ref().and_then(RuleMemory::last_fix)
+    }
+
     /// True when the scan has personal context to store.
     pub fn has_context(&self) -> bool {
         let scan = self.scan;

@@ -10,6 +10,7 @@ use super::StoreResult;
 use super::scans::impl_scan_store;
 use super::shared::impl_store;
 use crate::domain::audit::ChainKey;
+use crate::domain::rule_memory::RuleMemory;
 
 /// The PostgreSQL schema's migrations, embedded at build time.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -48,9 +49,27 @@ impl PostgresStore {
     async fn close_writer(&self) {}
 }
 
+/// Rebuilds every cylinder's rule memory from its scans, as migration 0003
+/// did, for scans loaded without the service, such as the benchmark's
+/// seeded history. The memory then contains no times and is complete after the
+/// cylinder's latest scan, and its last fix is the latest located scan.
+pub const REBUILD_RULE_MEMORY: [&str; 2] = [
+    "UPDATE cylinders SET recent_scans = '', recent_scans_after = latest.scanned_at \
+     FROM (SELECT cylinder_id, MAX(scanned_at) AS scanned_at FROM cylinder_scans \
+           WHERE cylinder_id IS NOT NULL GROUP BY cylinder_id) AS latest \
+     WHERE latest.cylinder_id = cylinders.id",
+    "UPDATE cylinders SET last_fix_scan_id = fix.id, last_fix_at = fix.scanned_at, \
+       last_fix_latitude = fix.latitude, last_fix_longitude = fix.longitude, last_fix_accuracy_m = fix.accuracy_m \
+     FROM (SELECT DISTINCT ON (s.cylinder_id) s.cylinder_id, s.id, s.scanned_at, c.latitude, c.longitude, c.accuracy_m \
+           FROM cylinder_scans s JOIN scan_context c ON c.scan_id = s.id \
+           WHERE s.cylinder_id IS NOT NULL AND c.latitude IS NOT NULL AND c.longitude IS NOT NULL \
+           ORDER BY s.cylinder_id, s.scanned_at DESC, s.id DESC) AS fix \
+     WHERE fix.cylinder_id = cylinders.id",
+];
+
 /// A scan's rows in one statement: the scan, its context when it has any,
-/// and its SCANNED history entry with the new chain head, for a scan of a
-/// known cylinder. Each round trip to the server costs more than the
+/// and, for a scan of a known cylinder, its SCANNED history entry and the
+/// cylinder's new chain head and rule memory. Each round trip to the server costs more than the
 /// statements' work, so the scan path writes all four at once.
 const WRITE_SCAN: &str = "WITH scan AS ( \
        INSERT INTO cylinder_scans (id, cylinder_id, scan_type, result, scanned_code, scanner_id, scanner_role, \
@@ -64,7 +83,10 @@ const WRITE_SCAN: &str = "WITH scan AS ( \
          to_status, notes, details, created_at, prev_hash, entry_hash) \
        SELECT $22, $2, $23, 'SCANNED', $6, $7, NULL, NULL, '', $24, $25, $26, $27 FROM scan WHERE $28 \
      ) \
-     UPDATE cylinders SET last_history_hash = $27 WHERE $28 AND id = $2 AND EXISTS (SELECT 1 FROM scan)";
+     UPDATE cylinders SET last_history_hash = $27, recent_scans = $29, recent_scans_after = $30, \
+       last_fix_scan_id = $31, last_fix_at = $32, last_fix_latitude = $33, last_fix_longitude = $34, \
+       last_fix_accuracy_m = $35 \
+     WHERE $28 AND id = $2 AND EXISTS (SELECT 1 FROM scan)";
 
 impl PostgresStore {
     async fn write_scan(
@@ -74,6 +96,8 @@ impl PostgresStore {
     ) -> Result<(), sqlx::Error> {
         let scan = write.scan;
         let history = write.history.as_ref();
+        let memory = write.memory.as_ref();
+        let fix = write.last_fix();
         sqlx::query(WRITE_SCAN)
             .bind(scan.id)
             .bind(write.cylinder_id)
@@ -103,6 +127,13 @@ impl PostgresStore {
             .bind(history.map(|entry| entry.prev_hash.as_str()))
             .bind(history.map(|entry| entry.entry_hash.as_str()))
             .bind(history.is_some())
+            .bind(memory.map(RuleMemory::stored_times))
+            .bind(memory.and_then(RuleMemory::complete_after))
+            .bind(fix.map(|fix| fix.scan_id))
+            .bind(fix.map(|fix| fix.scan.at))
+            .bind(fix.map(|fix| fix.scan.position.latitude))
+            .bind(fix.map(|fix| fix.scan.position.longitude))
+            .bind(fix.and_then(|fix| fix.scan.position.accuracy_m))
             .execute(&mut **tx)
             .await?;
         Ok(())

@@ -9,19 +9,22 @@ pub(super) const LOCK_BY_QR: &str = "UPDATE cylinders SET last_scanned_at = $2, 
      WHERE qr_code = $1 \
      RETURNING id, serial_number, brand, capacity_kg, qr_code, rfid_tag, status, is_tampered, tamper_notes, \
      manufacture_date, expiry_date, depot_id, customer_id, driver_id, created_at, updated_at, secret_key, \
-     history_count, last_history_hash";
+     history_count, last_history_hash, recent_scans, recent_scans_after, last_fix_scan_id, last_fix_at, \
+     last_fix_latitude, last_fix_longitude, last_fix_accuracy_m";
 
 pub(super) const LOCK_BY_RFID: &str = "UPDATE cylinders SET last_scanned_at = $2, history_count = history_count + 1 \
      WHERE rfid_tag = $1 \
      RETURNING id, serial_number, brand, capacity_kg, qr_code, rfid_tag, status, is_tampered, tamper_notes, \
      manufacture_date, expiry_date, depot_id, customer_id, driver_id, created_at, updated_at, secret_key, \
-     history_count, last_history_hash";
+     history_count, last_history_hash, recent_scans, recent_scans_after, last_fix_scan_id, last_fix_at, \
+     last_fix_latitude, last_fix_longitude, last_fix_accuracy_m";
 
 pub(super) const LOCK_BY_ID: &str = "UPDATE cylinders SET last_scanned_at = $2, history_count = history_count + 1 \
      WHERE id = $1 \
      RETURNING id, serial_number, brand, capacity_kg, qr_code, rfid_tag, status, is_tampered, tamper_notes, \
      manufacture_date, expiry_date, depot_id, customer_id, driver_id, created_at, updated_at, secret_key, \
-     history_count, last_history_hash";
+     history_count, last_history_hash, recent_scans, recent_scans_after, last_fix_scan_id, last_fix_at, \
+     last_fix_latitude, last_fix_longitude, last_fix_accuracy_m";
 
 pub(super) const FIND_REVOKED_CODE: &str =
     "SELECT cylinder_id FROM revoked_codes WHERE code = $1 AND scan_type = $2";
@@ -29,7 +32,8 @@ pub(super) const FIND_REVOKED_CODE: &str =
 /// What both cloning rules read, in one round trip: the event times of a
 /// cylinder's scans in an open interval (kind 0, for the rapid-scan rule),
 /// and its located scans just before (kind 1) and just after (kind 2) an
-/// event time, for the movement rule.
+/// event time, for the movement rule. Only scans that the cylinder's rule
+/// memory cannot judge read it: late uploads and long bursts.
 pub(super) const RULE_INPUTS: &str = "SELECT CAST(0 AS BIGINT) AS kind, scanned_at, \
        CAST(NULL AS DOUBLE PRECISION) AS latitude, CAST(NULL AS DOUBLE PRECISION) AS longitude, \
        CAST(NULL AS DOUBLE PRECISION) AS accuracy_m \
@@ -55,6 +59,12 @@ pub(super) const INSERT_SCAN: &str = "INSERT INTO cylinder_scans \
 pub(super) const INSERT_SCAN_CONTEXT: &str = "INSERT INTO scan_context \
      (scan_id, ip_address, user_agent, latitude, longitude, accuracy_m, address) \
      VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+/// Stores a cylinder's rule memory after a scan; PostgreSQL does this in
+/// its one write statement instead.
+pub(super) const SET_RULE_MEMORY: &str = "UPDATE cylinders SET recent_scans = $2, recent_scans_after = $3, \
+     last_fix_scan_id = $4, last_fix_at = $5, last_fix_latitude = $6, last_fix_longitude = $7, \
+     last_fix_accuracy_m = $8 WHERE id = $1";
 
 pub(super) const FLAG_TAMPERED: &str = "UPDATE cylinders SET is_tampered = TRUE, tamper_notes = $2, updated_at = $3 \
      WHERE id = $1";
@@ -156,19 +166,28 @@ macro_rules! impl_scan_store {
                         .fetch_optional(&mut *tx)
                         .await?;
                 }
-                let (mut cylinder, secret, reserved) = match found {
-                    Some(row) => (
-                        Some(row.cylinder.into_record()?),
-                        Some(row.secret_key),
-                        Some((row.history_count, row.last_history_hash)),
-                    ),
-                    None => (None, None, None),
+                let (mut cylinder, secret, reserved, mut memory) = match found {
+                    Some(row) => {
+                        let memory = row.rule_memory()?;
+                        (
+                            Some(row.cylinder.into_record()?),
+                            Some(row.secret_key),
+                            Some((row.history_count, row.last_history_hash)),
+                            Some(memory),
+                        )
+                    }
+                    None => (None, None, None, None),
                 };
 
-                let suspicious = match &cylinder {
-                    Some(record) => self.apply_tamper_rules(&mut tx, record.id, &scan, policy).await?,
-                    None => None,
+                let suspicious = match (&cylinder, &memory) {
+                    (Some(record), Some(memory)) => {
+                        self.apply_tamper_rules(&mut tx, record.id, memory, &scan, policy).await?
+                    }
+                    _ => None,
                 };
+                if let Some(memory) = memory.as_mut() {
+                    memory.record(scan.id, scan.scanned_at, scan.position);
+                }
                 let facts = cylinder.as_ref().map(|record| ScanFacts {
                     status: record.status,
                     expiry_date: record.expiry_date,
@@ -221,6 +240,7 @@ macro_rules! impl_scan_store {
                     suspicious_reason: suspicious.as_deref(),
                     response: &response,
                     history,
+                    memory,
                 };
                 if let Err(error) = self.write_scan(&mut tx, &write).await {
                     // Two retries of one scan raced; the other one won.
@@ -253,49 +273,47 @@ macro_rules! impl_scan_store {
             }
 
             /// Applies both cloning rules to a scan of `cylinder_id` and
-            /// returns the reason when one fires.
+            /// returns the reason when one fires. The inputs come from the
+            /// cylinder's rule memory when it contains them all, and from the
+            /// scans table otherwise.
             async fn apply_tamper_rules(
                 &self,
                 tx: &mut sqlx::Transaction<'static, $db>,
                 cylinder_id: uuid::Uuid,
+                memory: &$crate::domain::rule_memory::RuleMemory,
                 scan: &$crate::storage::ScanInput,
                 policy: &$crate::domain::scan::TamperPolicy,
             ) -> $crate::storage::StoreResult<Option<String>> {
-                use $crate::domain::scan::{Coordinates, LocatedScan, impossible_movement, is_rapid};
+                use $crate::domain::scan::{Coordinates, LocatedScan, RuleInputs, cloning_reason};
                 use $crate::storage::scans::*;
 
                 let at = scan.scanned_at;
-                let rows: Vec<(i64, chrono::DateTime<chrono::Utc>, Option<f64>, Option<f64>, Option<f64>)> =
-                    sqlx::query_as(RULE_INPUTS)
-                        .bind(cylinder_id)
-                        .bind(at)
-                        .bind(at - policy.rapid_window)
-                        .bind(at + policy.rapid_window)
-                        .fetch_all(&mut **tx)
-                        .await?;
-
-                let times: Vec<_> = rows.iter().filter(|row| row.0 == 0).map(|row| row.1).collect();
-                if is_rapid(policy, at, &times) {
-                    return Ok(Some(format!(
-                        "scanned more than {} times within {} minutes: possible cloned label",
-                        policy.rapid_limit,
-                        policy.rapid_window.num_minutes()
-                    )));
-                }
-
-                let Some(position) = scan.position else {
-                    return Ok(None);
-                };
-                let this = LocatedScan { at, position };
-                for (_, time, latitude, longitude, accuracy_m) in rows.into_iter().filter(|row| row.0 != 0) {
-                    let (Some(latitude), Some(longitude)) = (latitude, longitude) else { continue };
-                    let other = LocatedScan { at: time, position: Coordinates { latitude, longitude, accuracy_m } };
-                    let (first, second) = if other.at <= at { (&other, &this) } else { (&this, &other) };
-                    if let Some(reason) = impossible_movement(policy, first, second) {
-                        return Ok(Some(reason));
+                let inputs = match memory.inputs(at, policy.rapid_window) {
+                    Some(inputs) => inputs,
+                    None => {
+                        let rows: Vec<(i64, chrono::DateTime<chrono::Utc>, Option<f64>, Option<f64>, Option<f64>)> =
+                            sqlx::query_as(RULE_INPUTS)
+                                .bind(cylinder_id)
+                                .bind(at)
+                                .bind(at - policy.rapid_window)
+                                .bind(at + policy.rapid_window)
+                                .fetch_all(&mut **tx)
+                                .await?;
+                        let mut inputs = RuleInputs::default();
+                        for (kind, time, latitude, longitude, accuracy_m) in rows {
+                            match (kind, latitude, longitude) {
+                                (0, _, _) => inputs.times.push(time),
+                                (_, Some(latitude), Some(longitude)) => inputs.neighbours.push(LocatedScan {
+                                    at: time,
+                                    position: Coordinates { latitude, longitude, accuracy_m },
+                                }),
+                                _ => {}
+                            }
+                        }
+                        inputs
                     }
-                }
-                Ok(None)
+                };
+                Ok(cloning_reason(policy, at, scan.position, &inputs))
             }
 
             /// Flags the cylinder, appends TAMPER_DETECTED and queues a

@@ -115,16 +115,30 @@ async fn checkpoint_periodically(pool: SqlitePool) {
     }
 }
 
+/// Rebuilds every cylinder's rule memory from its scans, as migration 0003
+/// did; see [`super::postgres::REBUILD_RULE_MEMORY`].
+pub const REBUILD_RULE_MEMORY: [&str; 2] = [
+    "UPDATE cylinders SET recent_scans = '', recent_scans_after = ( \
+       SELECT MAX(scanned_at) FROM cylinder_scans WHERE cylinder_id = cylinders.id)",
+    "UPDATE cylinders SET (last_fix_scan_id, last_fix_at, last_fix_latitude, last_fix_longitude, \
+       last_fix_accuracy_m) = ( \
+       SELECT s.id, s.scanned_at, c.latitude, c.longitude, c.accuracy_m \
+       FROM cylinder_scans s JOIN scan_context c ON c.scan_id = s.id \
+       WHERE s.cylinder_id = cylinders.id AND c.latitude IS NOT NULL AND c.longitude IS NOT NULL \
+       ORDER BY s.scanned_at DESC, s.id DESC LIMIT 1)",
+];
+
 impl SqliteStore {
-    /// Writes a scan's rows: the scan, its context, and its SCANNED history
-    /// entry with the new chain head. SQLite runs in-process, so separate
-    /// statements cost no network round trips.
+    /// Writes a scan's rows: the scan, its context, its SCANNED history
+    /// entry with the new chain head, and the cylinder's rule memory.
+    /// SQLite runs in-process, so separate statements cost no network round
+    /// trips.
     async fn write_scan(
         &self,
         tx: &mut Transaction<'static, Sqlite>,
         write: &super::models::ScanWrite<'_>,
     ) -> Result<(), sqlx::Error> {
-        use super::scans::{INSERT_SCAN, INSERT_SCAN_CONTEXT};
+        use super::scans::{INSERT_SCAN, INSERT_SCAN_CONTEXT, SET_RULE_MEMORY};
 
         let scan = write.scan;
         sqlx::query(INSERT_SCAN)
@@ -158,6 +172,20 @@ impl SqliteStore {
         }
         if let Some(entry) = &write.history {
             Self::insert_prepared_entry(tx, entry).await?;
+        }
+        if let (Some(cylinder_id), Some(memory)) = (write.cylinder_id, &write.memory) {
+            let fix = write.last_fix();
+            sqlx::query(SET_RULE_MEMORY)
+                .bind(cylinder_id)
+                .bind(memory.stored_times())
+                .bind(memory.complete_after())
+                .bind(fix.map(|fix| fix.scan_id))
+                .bind(fix.map(|fix| fix.scan.at))
+                .bind(fix.map(|fix| fix.scan.position.latitude))
+                .bind(fix.map(|fix| fix.scan.position.longitude))
+                .bind(fix.and_then(|fix| fix.scan.position.accuracy_m))
+                .execute(&mut **tx)
+                .await?;
         }
         Ok(())
     }

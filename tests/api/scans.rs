@@ -23,6 +23,7 @@ on_both_backends!(
     zero_zero_is_no_location,
     retry_returns_first_response,
     sixth_rapid_scan_flags,
+    late_burst_after_long_history_flags,
     impossible_journey_flags,
     plausible_journeys_pass,
     shuffled_batch_raises_nothing,
@@ -570,6 +571,34 @@ async fn sixth_rapid_scan_flags(backend: Backend) {
     request["scanned_at"] = json!(minutes_ago(60));
     let body = scan_recorded(&app, &token, request).await;
     assert_eq!(body["result"], "VALID", "{body}");
+    app.stop().await;
+}
+
+/// A cylinder remembers only its latest scans for the rapid-scan rule. A
+/// scan uploaded late into a burst that the memory no longer holds must
+/// still be judged against the whole history.
+async fn late_burst_after_long_history_flags(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let token = staff(&app).await;
+    let cylinder = app.register_cylinder(&token, "RP-0002").await;
+
+    // Five scans within two minutes, which is allowed, then twenty spread
+    // six minutes apart, more than the memory keeps.
+    let burst = [12_000, 11_970, 11_940, 11_910, 11_880];
+    let spread = (0..20).map(|index| 11_400 - index * 360);
+    for seconds in burst.into_iter().chain(spread) {
+        let mut request = qr_scan(&cylinder);
+        request["scanned_at"] = json!(seconds_ago(seconds));
+        let body = scan_recorded(&app, &token, request).await;
+        assert_eq!(body["is_suspicious"], false, "{seconds} s ago: {body}");
+    }
+
+    // A sixth scan of the burst, uploaded late, is one too many.
+    let mut request = qr_scan(&cylinder);
+    request["scanned_at"] = json!(seconds_ago(11_950));
+    let late = scan_recorded(&app, &token, request).await;
+    assert_eq!(late["is_suspicious"], true, "{late}");
+    assert_eq!(late["result"], "TAMPERED", "{late}");
     app.stop().await;
 }
 
