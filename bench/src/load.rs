@@ -18,9 +18,14 @@ use crate::server::Server;
 /// cloning rule fires on benchmark traffic: real fleets scan a cylinder a
 /// few times a day, not several times a second.
 const ROUND_SPACING_MINUTES: i64 = 10;
-/// Rounds before the event times wrap, which keeps them within the 30 days
-/// the API accepts.
-const MAX_ROUNDS: u64 = 4000;
+/// Rounds before the event times wrap: 1,000 rounds of 10 minutes span
+/// about 7 days, which keeps them in the past and within the 30 days the
+/// API accepts.
+const MAX_ROUNDS: u64 = 1000;
+/// Days between the load's first event time and the start of the
+/// benchmark. Seeded history ends before it, so the load's scans arrive in
+/// event-time order, as a live fleet's do.
+pub const LOAD_START_DAYS_AGO: i64 = 8;
 
 pub async fn log_in_drivers(server: &Server, drivers: u64) -> anyhow::Result<Vec<String>> {
     let mut tokens = Vec::new();
@@ -127,7 +132,9 @@ pub struct Level {
     pub max_ms: Stat,
 }
 
-struct Workload {
+/// The scans that the load generator sends, numbered across all
+/// concurrency levels so that each level goes on where the last stopped.
+pub struct Workload {
     base_url: String,
     tokens: Vec<String>,
     codes: Vec<String>,
@@ -137,6 +144,17 @@ struct Workload {
 }
 
 impl Workload {
+    pub fn new(args: &Args, server: &Server, tokens: &[String], codes: &[String]) -> Arc<Self> {
+        Arc::new(Self {
+            base_url: server.base_url.clone(),
+            tokens: tokens.to_vec(),
+            codes: codes.to_vec(),
+            counter: AtomicU64::new(0),
+            start: chrono::Utc::now() - chrono::Duration::days(LOAD_START_DAYS_AGO),
+            unknown_percent: args.unknown_percent,
+        })
+    }
+
     /// Builds the body of the scan with sequence number `number`: cylinders are
     /// visited in a scattered order, each at its own place near Nairobi,
     /// with a small share of unknown codes.
@@ -145,7 +163,7 @@ impl Workload {
         let index = (number.wrapping_mul(2_654_435_761) % count) as usize;
         let round = (number / count) % MAX_ROUNDS;
         let scanned_at =
-            self.start - chrono::Duration::minutes(round as i64 * ROUND_SPACING_MINUTES);
+            self.start + chrono::Duration::minutes(round as i64 * ROUND_SPACING_MINUTES);
         let code = if number % 100 < self.unknown_percent {
             format!("CYL-UNKNOWN{number:014X}")
         } else {
@@ -165,26 +183,16 @@ impl Workload {
 
 pub async fn measure(
     args: &Args,
-    server: &Server,
-    tokens: &[String],
-    codes: &[String],
+    workload: &Arc<Workload>,
     connections: usize,
 ) -> anyhow::Result<Level> {
-    let workload = Arc::new(Workload {
-        base_url: server.base_url.clone(),
-        tokens: tokens.to_vec(),
-        codes: codes.to_vec(),
-        counter: AtomicU64::new(connections as u64 * 1_000_000_000),
-        start: chrono::Utc::now(),
-        unknown_percent: args.unknown_percent,
-    });
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(connections)
         .build()?;
 
     drive(
         &client,
-        &workload,
+        workload,
         connections,
         Duration::from_secs(args.warmup),
     )
@@ -194,7 +202,7 @@ pub async fn measure(
         let started = Instant::now();
         let (histogram, errors) = drive(
             &client,
-            &workload,
+            workload,
             connections,
             Duration::from_secs(args.duration),
         )

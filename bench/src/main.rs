@@ -36,7 +36,8 @@ pub struct Args {
     /// Cylinders in the seeded fleet.
     #[arg(long, default_value_t = 1000)]
     pub cylinders: u64,
-    /// Historical scans seeded before the run, spread over 90 days.
+    /// Historical scans seeded before the run, spread over 90 days that end
+    /// before the load's first event time.
     #[arg(long, default_value_t = 0)]
     pub history: u64,
     /// Drivers whose tokens the load generator uses.
@@ -118,9 +119,10 @@ async fn run(args: &Args, database: &seed::Database) -> anyhow::Result<report::R
             read.read, read.median_ms, read.max_ms, read.requests
         );
     }
+    let workload = load::Workload::new(args, &server, &tokens, &seeded.codes);
     let mut levels = Vec::new();
     for &connections in &args.concurrency {
-        let level = load::measure(args, &server, &tokens, &seeded.codes, connections).await?;
+        let level = load::measure(args, &workload, connections).await?;
         eprintln!("{}", report::describe_level(&level));
         levels.push(level);
     }

@@ -84,6 +84,10 @@ pub struct Seeded {
 /// The `SECRET_KEY` that the benchmark server runs with.
 pub const SECRET_KEY: &str = "benchmark-secret-key-0123456789abcdef0123456789abcdef";
 pub const JWT_SECRET_KEY: &str = "benchmark-jwt-key-0123456789abcdef0123456789abcdef0123";
+/// Days between the latest seeded scan and the start of the benchmark: one
+/// day before the load's first event time.
+const HISTORY_END_DAYS_AGO: i64 = crate::load::LOAD_START_DAYS_AGO + 1;
+
 /// Password of every benchmark driver.
 pub const DRIVER_PASSWORD: &str = "benchmark driver password";
 
@@ -155,21 +159,22 @@ async fn seed_postgres(
     .context("seeding cylinders")?;
 
     if args.history > 0 {
-        // Historical scans spread over the 90 days before yesterday, every
-        // second one with a position, so that the rules' look-ups meet a
-        // realistic table.
+        // Historical scans spread over the 90 days before the day ahead of
+        // the load's first event time, every second one with a position,
+        // so that the rules' look-ups meet a realistic table.
         sqlx::query(
             "INSERT INTO cylinder_scans (id, cylinder_id, scan_type, result, scanned_code, scanner_id, scanner_role, \
                verification_message, is_suspicious, scanned_at, received_at, response) \
              SELECT md5('scan' || i)::uuid, md5('cylinder' || ((i * 7919) % $2 + 1))::uuid, 'QR', 'VALID', 'CYL-SEEDED', \
                md5('driver' || (i % $3 + 1))::uuid, 'DRIVER', 'Genuine cylinder, in service.', FALSE, \
-               now() - interval '1 day' - (i % 7776000) * interval '1 second', \
-               now() - interval '1 day' - (i % 7776000) * interval '1 second', '{}' \
+               now() - $4 * interval '1 day' - (i % 7776000) * interval '1 second', \
+               now() - $4 * interval '1 day' - (i % 7776000) * interval '1 second', '{}' \
              FROM generate_series(1, $1::bigint) AS i",
         )
         .bind(args.history as i64)
         .bind(args.cylinders as i64)
         .bind(args.drivers as i64)
+        .bind(HISTORY_END_DAYS_AGO as f64)
         .execute(&mut connection)
         .await
         .context("seeding scans")?;
@@ -243,7 +248,7 @@ async fn seed_sqlite(
     .context("seeding cylinders")?;
 
     if args.history > 0 {
-        let yesterday = chrono::Utc::now() - chrono::Duration::days(1);
+        let history_end = chrono::Utc::now() - chrono::Duration::days(HISTORY_END_DAYS_AGO);
         sqlx::query(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $1) \
              INSERT INTO cylinder_scans (id, cylinder_id, scan_type, result, scanned_code, scanner_id, scanner_role, \
@@ -256,7 +261,7 @@ async fn seed_sqlite(
         .bind(args.history as i64)
         .bind(args.cylinders as i64)
         .bind(args.drivers as i64)
-        .bind(yesterday.format("%Y-%m-%d %H:%M:%S").to_string())
+        .bind(history_end.format("%Y-%m-%d %H:%M:%S").to_string())
         .execute(&mut connection)
         .await
         .context("seeding scans")?;

@@ -291,8 +291,12 @@ macro_rules! impl_scan_store {
                 let inputs = match memory.inputs(at, policy.rapid_window) {
                     Some(inputs) => inputs,
                     None => {
+                        // Planned afresh on every call, because a plan that
+                        // PostgreSQL caches while the tables are nearly
+                        // empty scans them whole once they have grown.
                         let rows: Vec<(i64, chrono::DateTime<chrono::Utc>, Option<f64>, Option<f64>, Option<f64>)> =
                             sqlx::query_as(RULE_INPUTS)
+                                .persistent(false)
                                 .bind(cylinder_id)
                                 .bind(at)
                                 .bind(at - policy.rapid_window)
