@@ -30,8 +30,13 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "postgres")]
     pub backend: Backend,
     /// URL of a PostgreSQL database with the right to create databases;
-    /// the benchmark creates and drops its own database there.
-    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    /// the benchmark creates and drops its own database there. The server
+    /// and pgbench connect with the same parameters. The default turns TLS
+    /// off, which on loopback protects nothing and costs both sides CPU.
+    #[arg(
+        long,
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+    )]
     pub postgres_admin_url: String,
     /// Cylinders in the seeded fleet.
     #[arg(long, default_value_t = 1000)]

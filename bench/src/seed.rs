@@ -36,8 +36,15 @@ impl Database {
                 admin.close().await?;
                 let options = sqlx::postgres::PgConnectOptions::from_str(&args.postgres_admin_url)?
                     .database(&name);
+                // The server and pgbench connect with the admin URL's
+                // parameters, such as its sslmode.
+                let parameters = args
+                    .postgres_admin_url
+                    .split_once('?')
+                    .map(|(_, query)| format!("?{query}"))
+                    .unwrap_or_default();
                 let url = format!(
-                    "postgres://{}@{}:{}/{name}",
+                    "postgres://{}@{}:{}/{name}{parameters}",
                     options.get_username(),
                     options.get_host(),
                     options.get_port()
