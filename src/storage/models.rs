@@ -367,9 +367,9 @@ pub(super) struct CylinderSecretRow {
     #[sqlx(flatten)]
     pub cylinder: CylinderRow,
     pub secret_key: Vec<u8>,
-    /// The history count after reserving the scan's entry.
+    /// The number of entries in the cylinder's history.
     pub history_count: i64,
-    /// The hash of the entry before the reserved one.
+    /// The hash of the cylinder's latest history entry.
     pub last_history_hash: String,
     pub recent_scans: String,
     pub recent_scans_after: Option<DateTime<Utc>>,

@@ -69,7 +69,8 @@ pub const REBUILD_RULE_MEMORY: [&str; 2] = [
 
 /// A scan's rows in one statement: the scan, its context when it has any,
 /// and, for a scan of a known cylinder, its SCANNED history entry and the
-/// cylinder's new chain head and rule memory. Each round trip to the server costs more than the
+/// cylinder's new chain head, history count, last scan time and rule
+/// memory. Each round trip to the server costs more than the
 /// statements' work, so the scan path writes all four at once.
 const WRITE_SCAN: &str = "WITH scan AS ( \
        INSERT INTO cylinder_scans (id, cylinder_id, scan_type, result, scanned_code, scanner_id, scanner_role, \
@@ -83,12 +84,14 @@ const WRITE_SCAN: &str = "WITH scan AS ( \
          to_status, notes, details, created_at, prev_hash, entry_hash) \
        SELECT $22, $2, $23, 'SCANNED', $6, $7, NULL, NULL, '', $24, $25, $26, $27 FROM scan WHERE $28 \
      ) \
-     UPDATE cylinders SET last_history_hash = $27, recent_scans = $29, recent_scans_after = $30, \
+     UPDATE cylinders SET last_history_hash = $27, last_scanned_at = $12, history_count = $23, recent_scans = $29, recent_scans_after = $30, \
        last_fix_scan_id = $31, last_fix_at = $32, last_fix_latitude = $33, last_fix_longitude = $34, \
        last_fix_accuracy_m = $35 \
      WHERE $28 AND id = $2 AND EXISTS (SELECT 1 FROM scan)";
 
 impl PostgresStore {
+    const CYLINDER_LOCKS: super::scans::CylinderLocks = super::scans::POSTGRES_LOCKS;
+
     async fn write_scan(
         &self,
         tx: &mut Transaction<'static, Postgres>,

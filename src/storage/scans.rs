@@ -1,30 +1,45 @@
 //! SQL and use-case code of the scan path, the tamper flag, code reissue
 //! and the audit reads, shared by both backends like [`super::shared`].
 
-/// Finds the cylinder with a QR code and locks its row until commit, so
-/// that scans of one cylinder are judged one after the other. It also
-/// reserves the position of the scan's SCANNED history entry, returning the
-/// new history count and the hash of the entry before it.
-pub(super) const LOCK_BY_QR: &str = "UPDATE cylinders SET last_scanned_at = $2, history_count = history_count + 1 \
-     WHERE qr_code = $1 \
-     RETURNING id, serial_number, brand, capacity_kg, qr_code, rfid_tag, status, is_tampered, tamper_notes, \
-     manufacture_date, expiry_date, depot_id, customer_id, driver_id, created_at, updated_at, secret_key, \
-     history_count, last_history_hash, recent_scans, recent_scans_after, last_fix_scan_id, last_fix_at, \
-     last_fix_latitude, last_fix_longitude, last_fix_accuracy_m";
+/// Builds the statement that finds a cylinder by `$where` and, on a
+/// backend with row locks, locks its row until commit with `$lock`, so
+/// that scans of one cylinder are judged one after the other. It returns
+/// the chain head and the rule memory with the record. SQLite needs no row
+/// lock, because its write transactions run one at a time.
+macro_rules! cylinder_lock_sql {
+    ($where:literal, $lock:literal) => {
+        concat!(
+            "SELECT id, serial_number, brand, capacity_kg, qr_code, rfid_tag, status, is_tampered, tamper_notes, \
+             manufacture_date, expiry_date, depot_id, customer_id, driver_id, created_at, updated_at, secret_key, \
+             history_count, last_history_hash, recent_scans, recent_scans_after, last_fix_scan_id, last_fix_at, \
+             last_fix_latitude, last_fix_longitude, last_fix_accuracy_m FROM cylinders WHERE ",
+            $where,
+            $lock
+        )
+    };
+}
 
-pub(super) const LOCK_BY_RFID: &str = "UPDATE cylinders SET last_scanned_at = $2, history_count = history_count + 1 \
-     WHERE rfid_tag = $1 \
-     RETURNING id, serial_number, brand, capacity_kg, qr_code, rfid_tag, status, is_tampered, tamper_notes, \
-     manufacture_date, expiry_date, depot_id, customer_id, driver_id, created_at, updated_at, secret_key, \
-     history_count, last_history_hash, recent_scans, recent_scans_after, last_fix_scan_id, last_fix_at, \
-     last_fix_latitude, last_fix_longitude, last_fix_accuracy_m";
+/// The statements that find and lock the cylinder a scan names, by QR code,
+/// RFID tag or id.
+pub(super) struct CylinderLocks {
+    pub by_qr: &'static str,
+    pub by_rfid: &'static str,
+    pub by_id: &'static str,
+}
 
-pub(super) const LOCK_BY_ID: &str = "UPDATE cylinders SET last_scanned_at = $2, history_count = history_count + 1 \
-     WHERE id = $1 \
-     RETURNING id, serial_number, brand, capacity_kg, qr_code, rfid_tag, status, is_tampered, tamper_notes, \
-     manufacture_date, expiry_date, depot_id, customer_id, driver_id, created_at, updated_at, secret_key, \
-     history_count, last_history_hash, recent_scans, recent_scans_after, last_fix_scan_id, last_fix_at, \
-     last_fix_latitude, last_fix_longitude, last_fix_accuracy_m";
+/// PostgreSQL takes the weakest row lock that still excludes other
+/// writers, so that foreign-key checks of the scan's inserts do not wait.
+pub(super) const POSTGRES_LOCKS: CylinderLocks = CylinderLocks {
+    by_qr: cylinder_lock_sql!("qr_code = $1", " FOR NO KEY UPDATE"),
+    by_rfid: cylinder_lock_sql!("rfid_tag = $1", " FOR NO KEY UPDATE"),
+    by_id: cylinder_lock_sql!("id = $1", " FOR NO KEY UPDATE"),
+};
+
+pub(super) const SQLITE_LOCKS: CylinderLocks = CylinderLocks {
+    by_qr: cylinder_lock_sql!("qr_code = $1", ""),
+    by_rfid: cylinder_lock_sql!("rfid_tag = $1", ""),
+    by_id: cylinder_lock_sql!("id = $1", ""),
+};
 
 pub(super) const FIND_REVOKED_CODE: &str =
     "SELECT cylinder_id FROM revoked_codes WHERE code = $1 AND scan_type = $2";
@@ -60,11 +75,12 @@ pub(super) const INSERT_SCAN_CONTEXT: &str = "INSERT INTO scan_context \
      (scan_id, ip_address, user_agent, latitude, longitude, accuracy_m, address) \
      VALUES ($1, $2, $3, $4, $5, $6, $7)";
 
-/// Stores a cylinder's rule memory after a scan; PostgreSQL does this in
-/// its one write statement instead.
-pub(super) const SET_RULE_MEMORY: &str = "UPDATE cylinders SET recent_scans = $2, recent_scans_after = $3, \
-     last_fix_scan_id = $4, last_fix_at = $5, last_fix_latitude = $6, last_fix_longitude = $7, \
-     last_fix_accuracy_m = $8 WHERE id = $1";
+/// Stores what a scan changes on its cylinder besides the chain head: the
+/// time of the last scan, the history count and the rule memory.
+/// PostgreSQL does this in its one write statement instead.
+pub(super) const SET_SCAN_STATE: &str = "UPDATE cylinders SET last_scanned_at = $2, history_count = $3, \
+     recent_scans = $4, recent_scans_after = $5, last_fix_scan_id = $6, last_fix_at = $7, last_fix_latitude = $8, \
+     last_fix_longitude = $9, last_fix_accuracy_m = $10 WHERE id = $1";
 
 pub(super) const FLAG_TAMPERED: &str = "UPDATE cylinders SET is_tampered = TRUE, tamper_notes = $2, updated_at = $3 \
      WHERE id = $1";
@@ -134,12 +150,13 @@ macro_rules! impl_scan_store {
                 let mut tx = self.begin_write().await?;
 
                 // Find and lock the cylinder, through a revoked code if need be.
+                let locks = &Self::CYLINDER_LOCKS;
                 let lock = match scan.scan_type {
-                    ScanType::Qr => LOCK_BY_QR,
-                    ScanType::Rfid => LOCK_BY_RFID,
+                    ScanType::Qr => locks.by_qr,
+                    ScanType::Rfid => locks.by_rfid,
                 };
                 let mut found: Option<$crate::storage::models::CylinderSecretRow> =
-                    sqlx::query_as(lock).bind(&scan.code).bind(scan.received_at).fetch_optional(&mut *tx).await?;
+                    sqlx::query_as(lock).bind(&scan.code).fetch_optional(&mut *tx).await?;
                 let mut code_revoked = false;
                 if found.is_none() {
                     let revoked: Option<(uuid::Uuid,)> = sqlx::query_as(FIND_REVOKED_CODE)
@@ -149,10 +166,7 @@ macro_rules! impl_scan_store {
                         .await?;
                     if let Some((cylinder_id,)) = revoked {
                         code_revoked = true;
-                        found = sqlx::query_as(LOCK_BY_ID)
-                            .bind(cylinder_id)
-                            .bind(scan.received_at)
-                            .fetch_optional(&mut *tx)
+                        found = sqlx::query_as(locks.by_id).bind(cylinder_id).fetch_optional(&mut *tx)
                             .await?;
                     }
                 }
@@ -160,11 +174,7 @@ macro_rules! impl_scan_store {
                 // tag id as text. That is a genuine tag, not a counterfeit.
                 let looks_like_rfid = scan.code.len() >= 8 && scan.code.chars().all(|c| c.is_ascii_hexdigit());
                 if found.is_none() && scan.scan_type == ScanType::Qr && looks_like_rfid {
-                    found = sqlx::query_as(LOCK_BY_RFID)
-                        .bind(&scan.code)
-                        .bind(scan.received_at)
-                        .fetch_optional(&mut *tx)
-                        .await?;
+                    found = sqlx::query_as(locks.by_rfid).bind(&scan.code).fetch_optional(&mut *tx).await?;
                 }
                 let (mut cylinder, secret, reserved, mut memory) = match found {
                     Some(row) => {
@@ -172,7 +182,8 @@ macro_rules! impl_scan_store {
                         (
                             Some(row.cylinder.into_record()?),
                             Some(row.secret_key),
-                            Some((row.history_count, row.last_history_hash)),
+                            // The scan's SCANNED entry takes the next position.
+                            Some((row.history_count + 1, row.last_history_hash)),
                             Some(memory),
                         )
                     }

@@ -129,6 +129,8 @@ pub const REBUILD_RULE_MEMORY: [&str; 2] = [
 ];
 
 impl SqliteStore {
+    const CYLINDER_LOCKS: super::scans::CylinderLocks = super::scans::SQLITE_LOCKS;
+
     /// Writes a scan's rows: the scan, its context, its SCANNED history
     /// entry with the new chain head, and the cylinder's rule memory.
     /// SQLite runs in-process, so separate statements cost no network round
@@ -138,7 +140,7 @@ impl SqliteStore {
         tx: &mut Transaction<'static, Sqlite>,
         write: &super::models::ScanWrite<'_>,
     ) -> Result<(), sqlx::Error> {
-        use super::scans::{INSERT_SCAN, INSERT_SCAN_CONTEXT, SET_RULE_MEMORY};
+        use super::scans::{INSERT_SCAN, INSERT_SCAN_CONTEXT, SET_SCAN_STATE};
 
         let scan = write.scan;
         sqlx::query(INSERT_SCAN)
@@ -173,10 +175,12 @@ impl SqliteStore {
         if let Some(entry) = &write.history {
             Self::insert_prepared_entry(tx, entry).await?;
         }
-        if let (Some(cylinder_id), Some(memory)) = (write.cylinder_id, &write.memory) {
+        if let (Some(entry), Some(memory)) = (&write.history, &write.memory) {
             let fix = write.last_fix();
-            sqlx::query(SET_RULE_MEMORY)
-                .bind(cylinder_id)
+            sqlx::query(SET_SCAN_STATE)
+                .bind(entry.cylinder_id)
+                .bind(scan.received_at)
+                .bind(entry.sequence)
                 .bind(memory.stored_times())
                 .bind(memory.complete_after())
                 .bind(fix.map(|fix| fix.scan_id))

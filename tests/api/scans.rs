@@ -24,6 +24,7 @@ on_both_backends!(
     retry_returns_first_response,
     sixth_rapid_scan_flags,
     late_burst_after_long_history_flags,
+    rebuilt_memory_judges_history,
     impossible_journey_flags,
     plausible_journeys_pass,
     shuffled_batch_raises_nothing,
@@ -575,7 +576,7 @@ async fn sixth_rapid_scan_flags(backend: Backend) {
 }
 
 /// A cylinder remembers only its latest scans for the rapid-scan rule. A
-/// scan uploaded late into a burst that the memory no longer holds must
+/// scan uploaded late into a burst that the memory no longer contains must
 /// still be judged against the whole history.
 async fn late_burst_after_long_history_flags(backend: Backend) {
     let app = TestApp::spawn(backend).await;
@@ -599,6 +600,58 @@ async fn late_burst_after_long_history_flags(backend: Backend) {
     let late = scan_recorded(&app, &token, request).await;
     assert_eq!(late["is_suspicious"], true, "{late}");
     assert_eq!(late["result"], "TAMPERED", "{late}");
+    app.stop().await;
+}
+
+/// Cylinders scanned before the rule memory existed get it rebuilt from
+/// their scans, by migration 0003 or by `REBUILD_RULE_MEMORY`. Without
+/// that, their memory would claim that they had no scans.
+async fn rebuilt_memory_judges_history(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let token = staff(&app).await;
+    let journey = app.register_cylinder(&token, "RM-0001").await;
+    let burst = app.register_cylinder(&token, "RM-0002").await;
+    scan_recorded(
+        &app,
+        &token,
+        located_scan(&journey, NAIROBI, &minutes_ago(30)),
+    )
+    .await;
+    for seconds in [240, 180, 120, 60, 30] {
+        let mut request = qr_scan(&burst);
+        request["scanned_at"] = json!(seconds_ago(seconds));
+        scan_recorded(&app, &token, request).await;
+    }
+
+    // Every cylinder's memory as the columns' defaults leave it, then
+    // rebuilt from the scans.
+    let pool = app.database.pool().await;
+    pool.execute(
+        "UPDATE cylinders SET recent_scans = '', recent_scans_after = NULL, last_fix_scan_id = NULL, \
+         last_fix_at = NULL, last_fix_latitude = NULL, last_fix_longitude = NULL, last_fix_accuracy_m = NULL",
+    )
+    .await
+    .expect("reset the rule memory");
+    let rebuild = match backend {
+        Backend::Sqlite => cyltrack::storage::sqlite::REBUILD_RULE_MEMORY,
+        Backend::Postgres => cyltrack::storage::postgres::REBUILD_RULE_MEMORY,
+    };
+    for statement in rebuild {
+        pool.execute(statement)
+            .await
+            .expect("rebuild the rule memory");
+    }
+    pool.close().await;
+
+    let moved = scan_recorded(
+        &app,
+        &token,
+        located_scan(&journey, MOMBASA, &minutes_ago(1)),
+    )
+    .await;
+    assert_eq!(moved["is_suspicious"], true, "{moved}");
+    let sixth = scan_recorded(&app, &token, qr_scan(&burst)).await;
+    assert_eq!(sixth["is_suspicious"], true, "{sixth}");
     app.stop().await;
 }
 
