@@ -4,7 +4,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{Connection, PgPool, Postgres, Transaction};
 
 use super::StoreResult;
 use super::scans::impl_scan_store;
@@ -21,6 +21,12 @@ const MAX_CONNECTIONS: u32 = 16;
 
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A connection idle for longer than this is pinged before use, because a
+/// server restart or a firewall may have closed it in the meantime. A busy
+/// connection is not pinged: sqlx's default test pings on every checkout,
+/// which adds a round trip to each one.
+const PING_AFTER_IDLE: Duration = Duration::from_secs(30);
+
 pub struct PostgresStore {
     pool: PgPool,
     chain_key: ChainKey,
@@ -36,6 +42,15 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            .test_before_acquire(false)
+            .before_acquire(|connection, metadata| {
+                Box::pin(async move {
+                    if metadata.idle_for > PING_AFTER_IDLE {
+                        connection.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options.application_name("cyltrack"))
             .await?;
         Ok(Self { pool, chain_key })

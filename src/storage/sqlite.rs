@@ -51,13 +51,18 @@ impl SqliteStore {
             // commit of whichever request crosses SQLite's threshold.
             .pragma("wal_autocheckpoint", "0");
         let created = !path.exists();
+        // An open SQLite file does not drop its connections the way a
+        // server can, so sqlx's test on every checkout only costs a message
+        // to the connection's worker thread and back.
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await?;
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(BUSY_TIMEOUT)
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         // The file contains password hashes and cylinder secrets, so a new one
