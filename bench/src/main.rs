@@ -127,6 +127,7 @@ async fn run(args: &Args, database: &seed::Database) -> anyhow::Result<report::R
     let workload = load::Workload::new(args, &server, &tokens, &seeded.codes);
     let mut levels = Vec::new();
     for &connections in &args.concurrency {
+        database.settle(args).await;
         let level = load::measure(args, &workload, connections).await?;
         eprintln!("{}", report::describe_level(&level));
         levels.push(level);
@@ -139,6 +140,7 @@ async fn run(args: &Args, database: &seed::Database) -> anyhow::Result<report::R
     } else {
         let mut floors = Vec::new();
         for &connections in &args.concurrency {
+            database.settle(args).await;
             let floor = floor::measure(args, database, &seeded, connections)
                 .await
                 .context("floor measurement failed")?;

@@ -62,6 +62,24 @@ impl Database {
         }
     }
 
+    /// Flushes PostgreSQL's dirty pages with a CHECKPOINT, so that each
+    /// measurement starts without the writes of the one before it pending.
+    /// SQLite checkpoints in the server's background task and needs none.
+    /// A role that may not checkpoint gets a warning, and the run goes on.
+    pub async fn settle(&self, args: &Args) {
+        if let Database::Postgres { .. } = self {
+            let result = async {
+                let mut admin = sqlx::PgConnection::connect(&args.postgres_admin_url).await?;
+                admin.execute("CHECKPOINT").await?;
+                admin.close().await
+            }
+            .await;
+            if let Err(error) = result {
+                eprintln!("warning: CHECKPOINT before the measurement failed: {error}");
+            }
+        }
+    }
+
     pub async fn drop_database(&self, args: &Args) {
         match self {
             Database::Sqlite { dir, .. } => {
