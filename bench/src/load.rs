@@ -161,6 +161,12 @@ impl Workload {
     fn body(&self, number: u64) -> serde_json::Value {
         let count = self.codes.len() as u64;
         let index = (number.wrapping_mul(2_654_435_761) % count) as usize;
+        if number / count == MAX_ROUNDS && number % count == 0 {
+            eprintln!(
+                "warning: event times wrapped after {MAX_ROUNDS} rounds of the fleet; \
+                 later scans repeat earlier event times and count as late uploads"
+            );
+        }
         let round = (number / count) % MAX_ROUNDS;
         let scanned_at =
             self.start + chrono::Duration::minutes(round as i64 * ROUND_SPACING_MINUTES);

@@ -38,21 +38,22 @@ pub struct Args {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
     )]
     pub postgres_admin_url: String,
-    /// Cylinders in the seeded fleet.
-    #[arg(long, default_value_t = 1000)]
+    /// Cylinders in the seeded fleet, at least 1.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub cylinders: u64,
-    /// Historical scans seeded before the run, spread over 90 days that end
-    /// before the load's first event time.
+    /// Historical scans seeded before the run, one second apart and
+    /// wrapping after 90 days, ending a day before the load's first event
+    /// time.
     #[arg(long, default_value_t = 0)]
     pub history: u64,
-    /// Drivers whose tokens the load generator uses.
-    #[arg(long, default_value_t = 50)]
+    /// Drivers whose tokens the load generator uses, at least 1.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
     pub drivers: u64,
-    /// Concurrent connections to measure, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,4,16,32")]
+    /// Concurrent connections to measure, comma-separated, each at least 1.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,32", value_parser = at_least_one)]
     pub concurrency: Vec<usize>,
-    /// Measured seconds per run.
-    #[arg(long, default_value_t = 10)]
+    /// Measured seconds per run, at least 1.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub duration: u64,
     /// Warm-up seconds before each concurrency level.
     #[arg(long, default_value_t = 3)]
@@ -60,8 +61,8 @@ pub struct Args {
     /// Runs per concurrency level; the report gives their median and range.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
-    /// Share of scans that present an unknown code, in percent.
-    #[arg(long, default_value_t = 2)]
+    /// Share of scans that present an unknown code, in percent (0 to 100).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=100))]
     pub unknown_percent: u64,
     /// The cyltrack binary to start; build it with `cargo build --release`.
     #[arg(long, default_value = "target/release/cyltrack")]
@@ -75,6 +76,15 @@ pub struct Args {
     /// Keep the benchmark database afterwards.
     #[arg(long)]
     pub keep: bool,
+}
+
+/// Parses a connection count, which must be at least 1.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(count) => Ok(count),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 #[tokio::main]
@@ -94,7 +104,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("cannot create the benchmark database")?;
     let result = run(&args, &database).await;
-    if !args.keep {
+    if args.keep {
+        eprintln!("kept the benchmark database: {}", database.url());
+    } else {
         database.drop_database(&args).await;
     }
     let report = result?;
