@@ -161,7 +161,7 @@ impl Workload {
     fn body(&self, number: u64) -> serde_json::Value {
         let count = self.codes.len() as u64;
         let index = (number.wrapping_mul(2_654_435_761) % count) as usize;
-        if number / count == MAX_ROUNDS && number % count == 0 {
+        if number / count == MAX_ROUNDS && number.is_multiple_of(count) {
             eprintln!(
                 "warning: event times wrapped after {MAX_ROUNDS} rounds of the fleet; \
                  later scans repeat earlier event times and count as late uploads"
