@@ -1,8 +1,9 @@
-//! What a cylinder's row remembers for the cloning rules: the event times
-//! of its latest scans and its latest located scan. A scan that arrives in
-//! event-time order, which is nearly every scan, is judged from this memory
-//! alone, without reading the cylinder's scans. A scan uploaded late, or
-//! one in a burst longer than the memory, is judged from the scans table.
+//! The rule memory: the event times of a cylinder's latest scans and its
+//! latest located scan, kept on the cylinder's row for the cloning rules.
+//! A scan that arrives in event-time order, which is nearly every scan, is
+//! judged from this memory alone, without reading the cylinder's scans. A
+//! scan uploaded late, or one in a burst longer than the memory, is judged
+//! from the scans table.
 //!
 //! The memory is exact, never a guess. It returns a rule's inputs only when
 //! it contains all of them, and otherwise returns nothing, so that the
@@ -70,12 +71,14 @@ impl RuleMemory {
     /// Returns the stored form of the event times, as
     /// [`RuleMemory::from_stored`] reads it.
     pub fn stored_times(&self) -> String {
-        let words: Vec<String> = self
-            .times
-            .iter()
-            .map(|time| time.timestamp_micros().to_string())
-            .collect();
-        words.join(" ")
+        let mut stored = String::with_capacity(self.times.len() * 17);
+        for time in &self.times {
+            if !stored.is_empty() {
+                stored.push(' ');
+            }
+            stored.push_str(&time.timestamp_micros().to_string());
+        }
+        stored
     }
 
     pub fn complete_after(&self) -> Option<DateTime<Utc>> {

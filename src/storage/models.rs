@@ -381,7 +381,8 @@ pub(super) struct CylinderSecretRow {
 }
 
 impl CylinderSecretRow {
-    /// The cylinder's memory for the cloning rules.
+    /// Returns the cylinder's memory for the cloning rules, or `Corrupt` when
+    /// the stored columns cannot be read back.
     pub fn rule_memory(&self) -> StoreResult<RuleMemory> {
         let last_fix = match (
             self.last_fix_scan_id,
@@ -709,7 +710,7 @@ pub(super) struct ScanWrite<'a> {
 }
 
 impl ScanWrite<'_> {
-    /// The last fix to store with the scan.
+    /// Returns the last fix to store with the scan.
     pub fn last_fix(&self) -> Option<&LastFix> {
         self.memory.as_ref().and_then(RuleMemory::last_fix)
     }

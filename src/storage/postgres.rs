@@ -66,8 +66,9 @@ impl PostgresStore {
 
 /// Rebuilds every cylinder's rule memory from its scans, as migration 0003
 /// did, for scans loaded without the service, such as the benchmark's
-/// seeded history. The memory then contains no times and is complete after the
-/// cylinder's latest scan, and its last fix is the latest located scan.
+/// seeded history. The memory then contains no times and is complete
+/// after the cylinder's latest scan, and its last fix is the latest located
+/// scan.
 pub const REBUILD_RULE_MEMORY: [&str; 2] = [
     "UPDATE cylinders SET recent_scans = '', recent_scans_after = latest.scanned_at \
      FROM (SELECT cylinder_id, MAX(scanned_at) AS scanned_at FROM cylinder_scans \

@@ -121,7 +121,7 @@ async fn checkpoint_periodically(pool: SqlitePool) {
 }
 
 /// Rebuilds every cylinder's rule memory from its scans, as migration 0003
-/// did; see [`super::postgres::REBUILD_RULE_MEMORY`].
+/// did. [`super::postgres::REBUILD_RULE_MEMORY`] says what the result is.
 pub const REBUILD_RULE_MEMORY: [&str; 2] = [
     "UPDATE cylinders SET recent_scans = '', recent_scans_after = ( \
        SELECT MAX(scanned_at) FROM cylinder_scans WHERE cylinder_id = cylinders.id)",

@@ -575,9 +575,8 @@ async fn sixth_rapid_scan_flags(backend: Backend) {
     app.stop().await;
 }
 
-/// A cylinder remembers only its latest scans for the rapid-scan rule. A
-/// scan uploaded late into a burst that the memory no longer contains must
-/// still be judged against the whole history.
+/// Checks that a scan uploaded late into a burst that the rule memory no
+/// longer contains is still judged against the whole history.
 async fn late_burst_after_long_history_flags(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let token = staff(&app).await;
