@@ -60,35 +60,38 @@ SELECT gen_random_uuid(), head.id, head.history_count, 'SCANNED', md5('driver' |
   '{}', now(), head.prev_hash, head.last_history_hash FROM head;
 ";
 
-pub async fn measure(
+/// Measures the floor once at `connections`, in scans per second.
+pub async fn run_once(
     args: &Args,
     database: &Database,
     seeded: &Seeded,
     connections: usize,
-) -> anyhow::Result<Floor> {
-    let mut runs = Vec::new();
-    for _ in 0..args.runs {
-        let throughput = match (args.backend, database) {
-            (Backend::Postgres, Database::Postgres { url, .. }) => {
-                pgbench(args, url, connections).await?
-            }
-            (Backend::Sqlite, Database::Sqlite { path, .. }) => {
-                sqlite_loop(args, path, seeded, connections).await?
-            }
-            _ => anyhow::bail!("backend and database do not match"),
-        };
-        runs.push(throughput);
+) -> anyhow::Result<f64> {
+    match (args.backend, database) {
+        (Backend::Postgres, Database::Postgres { url, .. }) => {
+            pgbench(args, url, connections).await
+        }
+        (Backend::Sqlite, Database::Sqlite { path, .. }) => {
+            sqlite_loop(args, path, seeded, connections).await
+        }
+        _ => anyhow::bail!("backend and database do not match"),
     }
-    let method = match args.backend {
-        Backend::Postgres => "pgbench -M prepared, one statement per scan",
-        Backend::Sqlite => "one transaction per scan through sqlx, no HTTP",
-    };
-    Ok(Floor {
-        connections,
-        method,
-        throughput: Stat::of(runs.clone()),
-        runs,
-    })
+}
+
+impl Floor {
+    /// Summarises the floor's runs at one concurrency.
+    pub fn of(args: &Args, connections: usize, runs: Vec<f64>) -> Self {
+        let method = match args.backend {
+            Backend::Postgres => "pgbench -M prepared, one statement per scan",
+            Backend::Sqlite => "one transaction per scan through sqlx, no HTTP",
+        };
+        Self {
+            connections,
+            method,
+            throughput: Stat::of(runs.clone()),
+            runs,
+        }
+    }
 }
 
 async fn pgbench(args: &Args, url: &str, connections: usize) -> anyhow::Result<f64> {

@@ -187,54 +187,62 @@ impl Workload {
     }
 }
 
-pub async fn measure(
+/// A client with one kept-alive connection per worker.
+pub fn client(connections: usize) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .build()?)
+}
+
+/// Sends scans for the warm-up time and discards their latencies.
+pub async fn warm_up(
     args: &Args,
+    client: &reqwest::Client,
     workload: &Arc<Workload>,
     connections: usize,
-) -> anyhow::Result<Level> {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(connections)
-        .build()?;
+) -> anyhow::Result<()> {
+    let warmup = Duration::from_secs(args.warmup);
+    drive(client, workload, connections, warmup).await?;
+    Ok(())
+}
 
-    drive(
-        &client,
-        workload,
-        connections,
-        Duration::from_secs(args.warmup),
-    )
-    .await?;
-    let mut runs = Vec::new();
-    for _ in 0..args.runs {
-        let started = Instant::now();
-        let (histogram, errors) = drive(
-            &client,
-            workload,
-            connections,
-            Duration::from_secs(args.duration),
-        )
-        .await?;
-        let elapsed = started.elapsed().as_secs_f64();
-        let millis = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1000.0;
-        runs.push(Run {
-            scans: histogram.len(),
-            errors,
-            throughput: histogram.len() as f64 / elapsed,
-            p50_ms: millis(0.50),
-            p90_ms: millis(0.90),
-            p99_ms: millis(0.99),
-            max_ms: histogram.max() as f64 / 1000.0,
-        });
-    }
-    let stat = |pick: fn(&Run) -> f64| Stat::of(runs.iter().map(pick).collect());
-    Ok(Level {
-        connections,
-        throughput: stat(|run| run.throughput),
-        p50_ms: stat(|run| run.p50_ms),
-        p90_ms: stat(|run| run.p90_ms),
-        p99_ms: stat(|run| run.p99_ms),
-        max_ms: stat(|run| run.max_ms),
-        runs,
+/// Measures one run of `connections` workers.
+pub async fn run_once(
+    args: &Args,
+    client: &reqwest::Client,
+    workload: &Arc<Workload>,
+    connections: usize,
+) -> anyhow::Result<Run> {
+    let started = Instant::now();
+    let duration = Duration::from_secs(args.duration);
+    let (histogram, errors) = drive(client, workload, connections, duration).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let millis = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1000.0;
+    Ok(Run {
+        scans: histogram.len(),
+        errors,
+        throughput: histogram.len() as f64 / elapsed,
+        p50_ms: millis(0.50),
+        p90_ms: millis(0.90),
+        p99_ms: millis(0.99),
+        max_ms: histogram.max() as f64 / 1000.0,
     })
+}
+
+impl Level {
+    /// Summarises the runs at one concurrency.
+    pub fn of(connections: usize, runs: Vec<Run>) -> Self {
+        let stat = |pick: fn(&Run) -> f64| Stat::of(runs.iter().map(pick).collect());
+        Self {
+            connections,
+            throughput: stat(|run| run.throughput),
+            p50_ms: stat(|run| run.p50_ms),
+            p90_ms: stat(|run| run.p90_ms),
+            p99_ms: stat(|run| run.p99_ms),
+            max_ms: stat(|run| run.max_ms),
+            runs,
+        }
+    }
 }
 
 /// Runs `connections` workers for `duration` and merges their latencies,

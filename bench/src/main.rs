@@ -137,33 +137,42 @@ async fn run(args: &Args, database: &seed::Database) -> anyhow::Result<report::R
         );
     }
     let workload = load::Workload::new(args, &server, &tokens, &seeded.codes);
+    // The machine's speed drifts over minutes, so each service run is
+    // followed at once by a floor run, and the two are compared in pairs.
     let mut levels = Vec::new();
+    let mut floors = Vec::new();
     for &connections in &args.concurrency {
+        let client = load::client(connections)?;
         database.settle(args).await;
-        let level = load::measure(args, &workload, connections).await?;
+        load::warm_up(args, &client, &workload, connections).await?;
+        let mut runs = Vec::new();
+        let mut floor_runs = Vec::new();
+        for _ in 0..args.runs {
+            database.settle(args).await;
+            runs.push(load::run_once(args, &client, &workload, connections).await?);
+            if !args.no_floor {
+                database.settle(args).await;
+                let floor = floor::run_once(args, database, &seeded, connections)
+                    .await
+                    .context("floor measurement failed")?;
+                floor_runs.push(floor);
+            }
+        }
+        let level = load::Level::of(connections, runs);
         eprintln!("{}", report::describe_level(&level));
         levels.push(level);
-    }
-    let peak_rss_kib = server.peak_rss_kib();
-    server.stop().await;
-
-    let floors = if args.no_floor {
-        Vec::new()
-    } else {
-        let mut floors = Vec::new();
-        for &connections in &args.concurrency {
-            database.settle(args).await;
-            let floor = floor::measure(args, database, &seeded, connections)
-                .await
-                .context("floor measurement failed")?;
+        if !args.no_floor {
+            let floor = floor::Floor::of(args, connections, floor_runs);
             eprintln!(
                 "floor at {connections} connections: {:.0} scans/s",
                 floor.throughput.median
             );
             floors.push(floor);
         }
-        floors
-    };
+    }
+    let peak_rss_kib = server.peak_rss_kib();
+    server.stop().await;
+
     Ok(report::Report::new(
         args,
         seeded.seconds,

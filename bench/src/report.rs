@@ -48,9 +48,34 @@ pub struct Report {
     pub floors: Vec<Floor>,
     /// Service throughput divided by the floor at the same concurrency.
     pub ratios: Vec<(usize, f64)>,
+    /// Each service run divided by the floor run right after it, per
+    /// concurrency: less affected by the machine's drift than `ratios`.
+    pub paired_ratios: Vec<PairedRatio>,
     /// First-page read latencies, measured after seeding and before the load.
     pub reads: Vec<ReadTiming>,
     pub server_peak_rss_mib: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PairedRatio {
+    pub connections: usize,
+    pub ratio: Stat,
+}
+
+impl PairedRatio {
+    fn of(level: &Level, floor: &Floor) -> Option<Self> {
+        let ratios: Vec<f64> = level
+            .runs
+            .iter()
+            .zip(&floor.runs)
+            .filter(|(_, floor)| **floor > 0.0)
+            .map(|(run, floor)| run.throughput / floor)
+            .collect();
+        (!ratios.is_empty()).then(|| Self {
+            connections: level.connections,
+            ratio: Stat::of(ratios),
+        })
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -109,6 +134,15 @@ impl Report {
                 })
             })
             .collect();
+        let paired_ratios = levels
+            .iter()
+            .filter_map(|level| {
+                let floor = floors
+                    .iter()
+                    .find(|floor| floor.connections == level.connections)?;
+                PairedRatio::of(level, floor)
+            })
+            .collect();
         Self {
             backend: args.backend,
             cylinders: args.cylinders,
@@ -122,6 +156,7 @@ impl Report {
             levels,
             floors,
             ratios,
+            paired_ratios,
             reads,
             server_peak_rss_mib: peak_rss_kib.map(|kib| kib as f64 / 1024.0),
         }
@@ -149,9 +184,9 @@ pub fn write(args: &Args, report: &Report) -> anyhow::Result<()> {
         report.backend, report.cylinders, report.history, report.duration_seconds, report.runs
     );
     println!(
-        "| connections | service scans/s | floor scans/s | ratio | p50 ms | p90 ms | p99 ms | max ms |"
+        "| connections | service scans/s | floor scans/s | ratio | paired ratio | p50 ms | p90 ms | p99 ms | max ms |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for level in &report.levels {
         let floor = report
             .floors
@@ -166,14 +201,28 @@ pub fn write(args: &Args, report: &Report) -> anyhow::Result<()> {
             .find(|(connections, _)| *connections == level.connections)
             .map(|(_, ratio)| format!("{:.0}%", ratio * 100.0))
             .unwrap_or_else(|| "-".into());
+        let paired = report
+            .paired_ratios
+            .iter()
+            .find(|paired| paired.connections == level.connections)
+            .map(|paired| {
+                format!(
+                    "{:.0}% ({:.0}-{:.0}%)",
+                    paired.ratio.median * 100.0,
+                    paired.ratio.min * 100.0,
+                    paired.ratio.max * 100.0
+                )
+            })
+            .unwrap_or_else(|| "-".into());
         println!(
-            "| {} | {:.0} ({:.0}-{:.0}) | {} | {} | {:.2} | {:.2} | {:.2} | {:.1} |",
+            "| {} | {:.0} ({:.0}-{:.0}) | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.1} |",
             level.connections,
             level.throughput.median,
             level.throughput.min,
             level.throughput.max,
             floor_text,
             ratio,
+            paired,
             level.p50_ms.median,
             level.p90_ms.median,
             level.p99_ms.median,

@@ -62,21 +62,39 @@ impl Database {
         }
     }
 
-    /// Flushes PostgreSQL's dirty pages with a CHECKPOINT, so that each
-    /// measurement starts without the writes of the one before it pending.
-    /// SQLite checkpoints in the server's background task and needs none.
-    /// A role that may not checkpoint gets a warning, and the run goes on.
+    /// Writes the previous measurement's pages to disk, so that the next one
+    /// does not pay for them: a `CHECKPOINT` on PostgreSQL, and on SQLite a
+    /// checkpoint that copies the whole write-ahead log into the database
+    /// file, syncs it and empties the log. A failure gets a warning, for
+    /// example a PostgreSQL role that may not checkpoint, and the run goes
+    /// on.
     pub async fn settle(&self, args: &Args) {
-        if let Database::Postgres { .. } = self {
-            let result = async {
-                let mut admin = sqlx::PgConnection::connect(&args.postgres_admin_url).await?;
-                admin.execute("CHECKPOINT").await?;
-                admin.close().await
+        let result = match self {
+            Database::Postgres { .. } => {
+                async {
+                    let mut admin = sqlx::PgConnection::connect(&args.postgres_admin_url).await?;
+                    admin.execute("CHECKPOINT").await?;
+                    admin.close().await
+                }
+                .await
             }
-            .await;
-            if let Err(error) = result {
-                eprintln!("warning: CHECKPOINT before the measurement failed: {error}");
+            Database::Sqlite { path, .. } => {
+                async {
+                    let options = sqlx::sqlite::SqliteConnectOptions::from_str("sqlite:")?
+                        .filename(path)
+                        .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
+                        .busy_timeout(std::time::Duration::from_secs(10));
+                    let mut connection = sqlx::SqliteConnection::connect_with(&options).await?;
+                    connection
+                        .execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                        .await?;
+                    connection.close().await
+                }
+                .await
             }
+        };
+        if let Err(error) = result {
+            eprintln!("warning: the checkpoint before the measurement failed: {error}");
         }
     }
 
