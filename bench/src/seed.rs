@@ -63,11 +63,10 @@ impl Database {
     }
 
     /// Writes the previous measurement's pages to disk, so that the next one
-    /// does not pay for them: a `CHECKPOINT` on PostgreSQL, and on SQLite a
-    /// checkpoint that copies the whole write-ahead log into the database
-    /// file, syncs it and empties the log. A failure gets a warning, for
-    /// example a PostgreSQL role that may not checkpoint, and the run goes
-    /// on.
+    /// does not pay for them. PostgreSQL runs a `CHECKPOINT`. SQLite copies
+    /// the whole write-ahead log into the database file, syncs it and
+    /// empties the log. A failure, such as a PostgreSQL role that may not
+    /// checkpoint, prints a warning and the run goes on.
     pub async fn settle(&self, args: &Args) {
         let result = match self {
             Database::Postgres { .. } => {
