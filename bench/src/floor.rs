@@ -26,10 +26,16 @@ pub struct Floor {
 /// One scan as a single statement: lock and advance the cylinder's chain
 /// head, count its scans in the rapid window, read its last located scan,
 /// and insert the scan, its context and its history entry. md5() replaces
-/// for the HMAC that the service computes in Rust.
+/// for the HMAC that the service computes in Rust. Event times are random
+/// seconds in three years, because with every floor scan at now(), each run
+/// would add to the scans that the next run's window counts. The floor would
+/// then fall from run to run.
 const PGBENCH_SCRIPT: &str = r"\set n random(1, :cylinders)
 \set driver random(1, :drivers)
-WITH head AS (
+\set second random(0, 94608000)
+WITH event AS (
+  SELECT timestamptz '2020-01-01 00:00:00+00' + :second * interval '1 second' AS at
+), head AS (
   UPDATE cylinders SET last_scanned_at = now(), history_count = cylinders.history_count + 1,
     last_history_hash = md5(random()::text)
   FROM (SELECT id, last_history_hash AS prev_hash FROM cylinders
@@ -38,17 +44,18 @@ WITH head AS (
   RETURNING cylinders.id, cylinders.history_count, old.prev_hash, cylinders.last_history_hash
 ), recent AS (
   SELECT count(*) AS scans FROM cylinder_scans s JOIN head ON s.cylinder_id = head.id
-  WHERE s.scanned_at > now() - interval '5 minutes' AND s.scanned_at < now() + interval '5 minutes'
+  WHERE s.scanned_at > (SELECT at FROM event) - interval '5 minutes'
+    AND s.scanned_at < (SELECT at FROM event) + interval '5 minutes'
 ), located AS (
   SELECT s.scanned_at, x.latitude, x.longitude FROM cylinder_scans s JOIN head ON s.cylinder_id = head.id
   JOIN scan_context x ON x.scan_id = s.id
-  WHERE s.scanned_at <= now() AND x.latitude IS NOT NULL ORDER BY s.scanned_at DESC LIMIT 1
+  WHERE s.scanned_at <= (SELECT at FROM event) AND x.latitude IS NOT NULL ORDER BY s.scanned_at DESC LIMIT 1
 ), scan AS (
   INSERT INTO cylinder_scans (id, cylinder_id, scan_type, result, scanned_code, scanner_id, scanner_role,
     verification_message, is_suspicious, suspicious_reason, scanned_at, received_at, response)
   SELECT gen_random_uuid(), head.id, 'QR', 'VALID', 'CYL-FLOOR', md5('driver' || :driver)::uuid, 'DRIVER',
     'Genuine cylinder, in service.', (SELECT scans FROM recent) > 5,
-    (SELECT latitude::text FROM located), now(), now(), '{}' FROM head
+    (SELECT latitude::text FROM located), (SELECT at FROM event), now(), '{}' FROM head
   RETURNING id
 ), context AS (
   INSERT INTO scan_context (scan_id, ip_address, latitude, longitude, accuracy_m)
@@ -190,6 +197,10 @@ async fn sqlite_scan(
     driver: u64,
 ) -> anyhow::Result<()> {
     let now = chrono::Utc::now();
+    // A random event time in three years, as in the PostgreSQL floor.
+    let second = uuid::Uuid::new_v4().as_u128() % 94_608_000;
+    let at = chrono::DateTime::<chrono::Utc>::from_timestamp(1_577_836_800 + second as i64, 0)
+        .unwrap_or(now);
     let driver_id = uuid::Uuid::from_u128(1_000_000_000 + u128::from(driver));
     connection.execute("BEGIN IMMEDIATE").await?;
     let head: Option<(uuid::Uuid, i64, String)> = sqlx::query_as(
@@ -208,8 +219,8 @@ async fn sqlite_scan(
         "SELECT COUNT(*) FROM cylinder_scans WHERE cylinder_id = $1 AND scanned_at > $2 AND scanned_at < $3",
     )
     .bind(cylinder_id)
-    .bind(now - chrono::Duration::minutes(5))
-    .bind(now + chrono::Duration::minutes(5))
+    .bind(at - chrono::Duration::minutes(5))
+    .bind(at + chrono::Duration::minutes(5))
     .fetch_one(&mut *connection)
     .await?;
     let _located: Option<(chrono::DateTime<chrono::Utc>, f64, f64)> = sqlx::query_as(
@@ -217,19 +228,20 @@ async fn sqlite_scan(
          WHERE s.cylinder_id = $1 AND s.scanned_at <= $2 AND c.latitude IS NOT NULL ORDER BY s.scanned_at DESC LIMIT 1",
     )
     .bind(cylinder_id)
-    .bind(now)
+    .bind(at)
     .fetch_optional(&mut *connection)
     .await?;
     let scan_id = uuid::Uuid::new_v4();
     sqlx::query(
         "INSERT INTO cylinder_scans (id, cylinder_id, scan_type, result, scanned_code, scanner_id, scanner_role, \
          verification_message, is_suspicious, scanned_at, received_at, response) \
-         VALUES ($1, $2, 'QR', 'VALID', $3, $4, 'DRIVER', 'Genuine cylinder, in service.', 0, $5, $5, '{}')",
+         VALUES ($1, $2, 'QR', 'VALID', $3, $4, 'DRIVER', 'Genuine cylinder, in service.', 0, $5, $6, '{}')",
     )
     .bind(scan_id)
     .bind(cylinder_id)
     .bind(code)
     .bind(driver_id)
+    .bind(at)
     .bind(now)
     .execute(&mut *connection)
     .await?;

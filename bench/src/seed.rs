@@ -67,10 +67,19 @@ impl Database {
     /// the whole write-ahead log into the database file, syncs it and
     /// empties the log. A failure, such as a PostgreSQL role that may not
     /// checkpoint, prints a warning and the run goes on.
+    ///
+    /// PostgreSQL first runs `ANALYZE`, as autovacuum would, because a
+    /// server with autovacuum off never updates the statistics of the
+    /// growing tables. The service's connections would then keep plans
+    /// made while the tables were empty: the foreign-key check of each
+    /// scan's context scanned the whole scans table.
     pub async fn settle(&self, args: &Args) {
         let result = match self {
-            Database::Postgres { .. } => {
+            Database::Postgres { url, .. } => {
                 async {
+                    let mut database = sqlx::PgConnection::connect(url).await?;
+                    database.execute("ANALYZE").await?;
+                    database.close().await?;
                     let mut admin = sqlx::PgConnection::connect(&args.postgres_admin_url).await?;
                     admin.execute("CHECKPOINT").await?;
                     admin.close().await
