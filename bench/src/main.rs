@@ -58,8 +58,9 @@ pub struct Args {
     /// Warm-up seconds before each concurrency level.
     #[arg(long, default_value_t = 3)]
     pub warmup: u64,
-    /// Runs per concurrency level; the report gives their median and range.
-    #[arg(long, default_value_t = 3)]
+    /// Runs per concurrency level, at least 1; the report gives their
+    /// median and range.
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
     pub runs: usize,
     /// Share of scans that present an unknown code, in percent (0 to 100).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=100))]
@@ -90,20 +91,21 @@ fn at_least_one(text: &str) -> Result<usize, String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let started_at = chrono::Utc::now();
     anyhow::ensure!(
-        args.server.exists(),
-        "{} does not exist; run `cargo build --release` first or pass --server",
+        args.server.is_file(),
+        "{} is not a file; run `cargo build --release` first or pass --server with the path of the cyltrack binary",
         args.server.display()
     );
     anyhow::ensure!(
-        args.runs > 0 && !args.concurrency.is_empty(),
-        "--runs and --concurrency must not be empty"
+        !args.concurrency.is_empty(),
+        "--concurrency must name at least one level"
     );
 
     let database = seed::Database::create(&args)
         .await
         .context("cannot create the benchmark database")?;
-    let result = run(&args, &database).await;
+    let result = run(&args, started_at, &database).await;
     if args.keep {
         eprintln!("kept the benchmark database: {}", database.url());
     } else {
@@ -114,7 +116,11 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(args: &Args, database: &seed::Database) -> anyhow::Result<report::Report> {
+async fn run(
+    args: &Args,
+    started_at: chrono::DateTime<chrono::Utc>,
+    database: &seed::Database,
+) -> anyhow::Result<report::Report> {
     let seeded = seed::seed(args, database).await.context("seeding failed")?;
     eprintln!(
         "seeded {} cylinders, {} drivers, {} historical scans in {:.1} s",
@@ -175,6 +181,7 @@ async fn run(args: &Args, database: &seed::Database) -> anyhow::Result<report::R
 
     Ok(report::Report::new(
         args,
+        started_at,
         seeded.seconds,
         levels,
         floors,

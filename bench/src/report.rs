@@ -114,34 +114,30 @@ impl Machine {
 impl Report {
     pub fn new(
         args: &Args,
+        started_at: chrono::DateTime<chrono::Utc>,
         seed_seconds: f64,
         levels: Vec<Level>,
         floors: Vec<Floor>,
         reads: Vec<ReadTiming>,
         peak_rss_kib: Option<u64>,
     ) -> Self {
+        // Floors are measured level by level, so the nth floor belongs to
+        // the nth level even when a connection count repeats.
         let ratios = levels
             .iter()
-            .filter_map(|level| {
-                let floor = floors
-                    .iter()
-                    .find(|floor| floor.connections == level.connections)?;
-                (floor.throughput.median > 0.0).then(|| {
-                    (
-                        level.connections,
-                        level.throughput.median / floor.throughput.median,
-                    )
-                })
+            .zip(&floors)
+            .filter(|(_, floor)| floor.throughput.median > 0.0)
+            .map(|(level, floor)| {
+                (
+                    level.connections,
+                    level.throughput.median / floor.throughput.median,
+                )
             })
             .collect();
         let paired_ratios = levels
             .iter()
-            .filter_map(|level| {
-                let floor = floors
-                    .iter()
-                    .find(|floor| floor.connections == level.connections)?;
-                PairedRatio::of(level, floor)
-            })
+            .zip(&floors)
+            .filter_map(|(level, floor)| PairedRatio::of(level, floor))
             .collect();
         Self {
             backend: args.backend,
@@ -151,7 +147,7 @@ impl Report {
             duration_seconds: args.duration,
             runs: args.runs,
             seed_seconds,
-            started_at: chrono::Utc::now().to_rfc3339(),
+            started_at: started_at.to_rfc3339(),
             machine: Machine::read(),
             levels,
             floors,
@@ -187,24 +183,22 @@ pub fn write(args: &Args, report: &Report) -> anyhow::Result<()> {
         "| connections | service scans/s | floor scans/s | ratio | paired ratio | p50 ms | p90 ms | p99 ms | max ms |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    for level in &report.levels {
-        let floor = report
-            .floors
-            .iter()
-            .find(|floor| floor.connections == level.connections);
+    for (index, level) in report.levels.iter().enumerate() {
+        let floor = report.floors.get(index);
         let floor_text = floor
             .map(|floor| format!("{:.0}", floor.throughput.median))
             .unwrap_or_else(|| "-".into());
-        let ratio = report
-            .ratios
-            .iter()
-            .find(|(connections, _)| *connections == level.connections)
-            .map(|(_, ratio)| format!("{:.0}%", ratio * 100.0))
+        let ratio = floor
+            .filter(|floor| floor.throughput.median > 0.0)
+            .map(|floor| {
+                format!(
+                    "{:.0}%",
+                    level.throughput.median / floor.throughput.median * 100.0
+                )
+            })
             .unwrap_or_else(|| "-".into());
-        let paired = report
-            .paired_ratios
-            .iter()
-            .find(|paired| paired.connections == level.connections)
+        let paired = floor
+            .and_then(|floor| PairedRatio::of(level, floor))
             .map(|paired| {
                 format!(
                     "{:.0}% ({:.0}-{:.0}%)",
