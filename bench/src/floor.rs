@@ -48,9 +48,10 @@ WITH event AS (
   WHERE s.scanned_at > (SELECT at FROM event) - interval '5 minutes'
     AND s.scanned_at < (SELECT at FROM event) + interval '5 minutes'
 ), located AS (
-  SELECT s.scanned_at, x.latitude, x.longitude FROM cylinder_scans s JOIN head ON s.cylinder_id = head.id
-  JOIN scan_context x ON x.scan_id = s.id
-  WHERE s.scanned_at <= (SELECT at FROM event) AND x.latitude IS NOT NULL ORDER BY s.scanned_at DESC LIMIT 1
+  SELECT fix.scanned_at, fix.latitude, fix.longitude FROM head, LATERAL (
+    SELECT s.scanned_at, x.latitude, x.longitude FROM cylinder_scans s JOIN scan_context x ON x.scan_id = s.id
+    WHERE s.cylinder_id = head.id AND s.scanned_at <= (SELECT at FROM event) AND x.latitude IS NOT NULL
+    ORDER BY s.scanned_at DESC LIMIT 1) AS fix
 ), scan AS (
   INSERT INTO cylinder_scans (id, cylinder_id, scan_type, result, scanned_code, scanner_id, scanner_role,
     verification_message, is_suspicious, suspicious_reason, scanned_at, received_at, response)
