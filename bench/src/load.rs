@@ -187,7 +187,7 @@ impl Workload {
     }
 }
 
-/// A client with one kept-alive connection per worker.
+/// Builds an HTTP client that keeps one connection alive per worker.
 pub fn client(connections: usize) -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .pool_max_idle_per_host(connections)
