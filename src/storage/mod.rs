@@ -249,8 +249,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<RecordedScan>>;
     /// Returns a scan with its cylinder's secret, to check an auth token.
     async fn scan_for_token(&self, scan_id: Uuid) -> StoreResult<Option<RecordedScan>>;
-    /// Records a scan in one transaction: looks the code up and locks its
-    /// cylinder, applies the cloning rules of `policy` in event-time order,
+    /// Records a scan atomically: looks the code up, applies the cloning
+    /// rules of `policy` in event-time order with no other write to the
+    /// cylinder in between,
     /// writes the scan, its personal context and a SCANNED history entry,
     /// and when a rule fires also flags the cylinder, writes a
     /// TAMPER_DETECTED entry and queues a security event. `respond` builds

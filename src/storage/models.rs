@@ -378,6 +378,9 @@ pub(super) struct CylinderSecretRow {
     pub last_fix_latitude: Option<f64>,
     pub last_fix_longitude: Option<f64>,
     pub last_fix_accuracy_m: Option<f64>,
+    /// PostgreSQL's version of the row (`xmin`), which every update
+    /// changes; NULL on SQLite.
+    pub version: Option<String>,
 }
 
 impl CylinderSecretRow {
@@ -693,15 +696,18 @@ impl PreparedEntry {
     }
 }
 
-/// The rows one scan writes, for the backends' `write_scan`.
+/// A scan judged against its cylinder as it was read: the rows to write
+/// and what the scanner is told.
 #[derive(Debug)]
-pub(super) struct ScanWrite<'a> {
-    pub scan: &'a ScanInput,
-    pub cylinder_id: Option<Uuid>,
-    pub result: ScanResult,
-    pub message: &'a str,
-    pub suspicious_reason: Option<&'a str>,
-    pub response: &'a str,
+pub(super) struct JudgedScan {
+    pub cylinder: Option<CylinderRecord>,
+    /// The version of the cylinder's row that was judged, so that the
+    /// write can insist on it.
+    pub version: Option<String>,
+    pub secret: Option<Vec<u8>>,
+    pub verdict: Verdict,
+    pub suspicious_reason: Option<String>,
+    pub response: String,
     /// The SCANNED entry, for a scan of a known cylinder.
     pub history: Option<PreparedEntry>,
     /// The cylinder's rule memory with this scan recorded, for a scan of a
@@ -709,10 +715,60 @@ pub(super) struct ScanWrite<'a> {
     pub memory: Option<RuleMemory>,
 }
 
+impl JudgedScan {
+    /// Returns the rows to write for `scan`.
+    pub fn write<'a>(&'a self, scan: &'a ScanInput) -> ScanWrite<'a> {
+        ScanWrite {
+            scan,
+            cylinder_id: self.cylinder.as_ref().map(|record| record.id),
+            version: self.version.as_deref(),
+            result: self.verdict.result,
+            message: &self.verdict.message,
+            suspicious_reason: self.suspicious_reason.as_deref(),
+            response: &self.response,
+            history: self.history.as_ref(),
+            memory: self.memory.as_ref(),
+        }
+    }
+
+    /// Returns what the caller gets once the scan is committed.
+    pub fn into_recorded(self, scan: &ScanInput) -> RecordedScan {
+        RecordedScan {
+            id: scan.id,
+            cylinder_id: self.cylinder.as_ref().map(|record| record.id),
+            result: self.verdict.result,
+            is_suspicious: self.suspicious_reason.is_some(),
+            response: self.response,
+            received_at: scan.received_at,
+            scanned_code: scan.raw_code.clone(),
+            cylinder_flagged: self
+                .cylinder
+                .as_ref()
+                .is_some_and(|record| record.is_tampered),
+            token_key: self.secret,
+        }
+    }
+}
+
+/// The rows one scan writes, for the backends' `write_scan`.
+#[derive(Debug)]
+pub(super) struct ScanWrite<'a> {
+    pub scan: &'a ScanInput,
+    pub cylinder_id: Option<Uuid>,
+    /// The version of the cylinder's row that the scan was judged against.
+    pub version: Option<&'a str>,
+    pub result: ScanResult,
+    pub message: &'a str,
+    pub suspicious_reason: Option<&'a str>,
+    pub response: &'a str,
+    pub history: Option<&'a PreparedEntry>,
+    pub memory: Option<&'a RuleMemory>,
+}
+
 impl ScanWrite<'_> {
     /// Returns the last fix to store with the scan.
     pub fn last_fix(&self) -> Option<&LastFix> {
-        self.memory.as_ref().and_then(RuleMemory::last_fix)
+        self.memory.and_then(RuleMemory::last_fix)
     }
 
     /// True when the scan has personal context to store.

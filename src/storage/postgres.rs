@@ -4,7 +4,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgPool, Postgres, Transaction};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 
 use super::StoreResult;
 use super::scans::impl_scan_store;
@@ -83,15 +83,26 @@ pub const REBUILD_RULE_MEMORY: [&str; 2] = [
      WHERE fix.cylinder_id = cylinders.id",
 ];
 
-/// A scan's rows in one statement: the scan, its context when it has any,
-/// and, for a scan of a known cylinder, its SCANNED history entry and the
+/// A scan's rows in one statement: for a scan of a known cylinder, the
 /// cylinder's new chain head, history count, last scan time and rule
-/// memory. Each round trip to the server costs more than the
-/// statements' work, so the scan path writes all four at once.
-const WRITE_SCAN: &str = "WITH scan AS ( \
+/// memory, and its SCANNED history entry; the scan; and its context when it
+/// has any. Each round trip to the server costs more than the statements'
+/// work, so the scan path writes all four at once.
+///
+/// The cylinder's row is updated only while its version is still `$36`,
+/// the one the scan was judged against, and the scan's rows are written
+/// only with that update. The statement returns whether the scan was
+/// written: false means another write changed the cylinder in between.
+const WRITE_SCAN: &str = "WITH head AS ( \
+       UPDATE cylinders SET last_history_hash = $27, last_scanned_at = $12, history_count = $23, \
+         recent_scans = $29, recent_scans_after = $30, last_fix_scan_id = $31, last_fix_at = $32, \
+         last_fix_latitude = $33, last_fix_longitude = $34, last_fix_accuracy_m = $35 \
+       WHERE $28 AND id = $2 AND xmin::text = $36 RETURNING id \
+     ), scan AS ( \
        INSERT INTO cylinder_scans (id, cylinder_id, scan_type, result, scanned_code, scanner_id, scanner_role, \
          verification_message, is_suspicious, suspicious_reason, scanned_at, received_at, client_scan_id, response) \
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id \
+       SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14 \
+       WHERE NOT $28 OR EXISTS (SELECT 1 FROM head) RETURNING id \
      ), context AS ( \
        INSERT INTO scan_context (scan_id, ip_address, user_agent, latitude, longitude, accuracy_m, address) \
        SELECT id, $15, $16, $17, $18, $19, $20 FROM scan WHERE $21 \
@@ -100,24 +111,61 @@ const WRITE_SCAN: &str = "WITH scan AS ( \
          to_status, notes, details, created_at, prev_hash, entry_hash) \
        SELECT $22, $2, $23, 'SCANNED', $6, $7, NULL, NULL, '', $24, $25, $26, $27 FROM scan WHERE $28 \
      ) \
-     UPDATE cylinders SET last_history_hash = $27, last_scanned_at = $12, history_count = $23, recent_scans = $29, recent_scans_after = $30, \
-       last_fix_scan_id = $31, last_fix_at = $32, last_fix_latitude = $33, last_fix_longitude = $34, \
-       last_fix_accuracy_m = $35 \
-     WHERE $28 AND id = $2 AND EXISTS (SELECT 1 FROM scan)";
+     SELECT EXISTS (SELECT 1 FROM scan)";
 
 impl PostgresStore {
     const CYLINDER_LOCKS: super::scans::CylinderLocks = super::scans::POSTGRES_LOCKS;
 
+    /// Records a scan without a transaction: the cylinder is read without
+    /// a lock, and the one write statement happens only if the row has not
+    /// changed since. That takes two round trips where the locked path
+    /// takes four, and most scans need no more. Returns `None`, having
+    /// written nothing, when the scan must take the locked path instead:
+    /// another scan of the cylinder came in between, or the scan is
+    /// suspicious, because flagging the cylinder takes more statements
+    /// than one.
+    async fn record_scan_unlocked(
+        &self,
+        scan: &super::ScanInput,
+        policy: &crate::domain::scan::TamperPolicy,
+        respond: super::ScanResponder<'_>,
+    ) -> StoreResult<Option<super::ScanOutcome>> {
+        let mut connection = self.pool.acquire().await?;
+        let judged = self
+            .judge_scan(
+                &mut connection,
+                &super::scans::POSTGRES_READS,
+                scan,
+                policy,
+                respond,
+            )
+            .await?;
+        if judged.suspicious_reason.is_some() {
+            return Ok(None);
+        }
+        match self.write_scan(&mut connection, &judged.write(scan)).await {
+            Ok(true) => Ok(Some(super::ScanOutcome::Recorded(
+                judged.into_recorded(scan),
+            ))),
+            Ok(false) => Ok(None),
+            Err(error) => match self.first_of_raced_retry(&error, scan).await? {
+                Some(first) => Ok(Some(super::ScanOutcome::Replayed(first))),
+                None => Err(error.into()),
+            },
+        }
+    }
+
+    /// Runs [`WRITE_SCAN`] and returns whether the scan was written.
     async fn write_scan(
         &self,
-        tx: &mut Transaction<'static, Postgres>,
+        connection: &mut PgConnection,
         write: &super::models::ScanWrite<'_>,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<bool, sqlx::Error> {
         let scan = write.scan;
-        let history = write.history.as_ref();
-        let memory = write.memory.as_ref();
+        let history = write.history;
+        let memory = write.memory;
         let fix = write.last_fix();
-        sqlx::query(WRITE_SCAN)
+        sqlx::query_scalar(WRITE_SCAN)
             .bind(scan.id)
             .bind(write.cylinder_id)
             .bind(scan.scan_type.as_str())
@@ -153,9 +201,9 @@ impl PostgresStore {
             .bind(fix.map(|fix| fix.scan.position.latitude))
             .bind(fix.map(|fix| fix.scan.position.longitude))
             .bind(fix.and_then(|fix| fix.scan.position.accuracy_m))
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
+            .bind(write.version)
+            .fetch_one(&mut *connection)
+            .await
     }
 }
 

@@ -4,23 +4,26 @@
 /// Builds the statement that finds a cylinder by `$where` and, on a
 /// backend with row locks, locks its row until commit with `$lock`, so
 /// that scans of one cylinder are judged one after the other. It returns
-/// the chain head and the rule memory with the record. SQLite needs no row
-/// lock, because its write transactions run one at a time.
+/// the chain head and the rule memory with the record, and as `version`
+/// the expression `$version`, which changes whenever the row does. SQLite
+/// needs no row lock, because its write transactions run one at a time.
 macro_rules! cylinder_lock_sql {
-    ($where:literal, $lock:literal) => {
+    ($version:literal, $where:literal, $lock:literal) => {
         concat!(
             "SELECT id, serial_number, brand, capacity_kg, qr_code, rfid_tag, status, is_tampered, tamper_notes, \
              manufacture_date, expiry_date, depot_id, customer_id, driver_id, created_at, updated_at, secret_key, \
              history_count, last_history_hash, recent_scans, recent_scans_after, last_fix_scan_id, last_fix_at, \
-             last_fix_latitude, last_fix_longitude, last_fix_accuracy_m FROM cylinders WHERE ",
+             last_fix_latitude, last_fix_longitude, last_fix_accuracy_m, ",
+            $version,
+            " AS version FROM cylinders WHERE ",
             $where,
             $lock
         )
     };
 }
 
-/// The statements that find and lock the cylinder a scan names, by QR code,
-/// RFID tag or id.
+/// The statements that find the cylinder a scan names, by QR code, RFID
+/// tag or id, and lock it or only read it.
 pub(super) struct CylinderLocks {
     pub by_qr: &'static str,
     pub by_rfid: &'static str,
@@ -30,15 +33,24 @@ pub(super) struct CylinderLocks {
 /// PostgreSQL takes the weakest row lock that still excludes other
 /// writers, so that foreign-key checks of the scan's inserts do not wait.
 pub(super) const POSTGRES_LOCKS: CylinderLocks = CylinderLocks {
-    by_qr: cylinder_lock_sql!("qr_code = $1", " FOR NO KEY UPDATE"),
-    by_rfid: cylinder_lock_sql!("rfid_tag = $1", " FOR NO KEY UPDATE"),
-    by_id: cylinder_lock_sql!("id = $1", " FOR NO KEY UPDATE"),
+    by_qr: cylinder_lock_sql!("xmin::text", "qr_code = $1", " FOR NO KEY UPDATE"),
+    by_rfid: cylinder_lock_sql!("xmin::text", "rfid_tag = $1", " FOR NO KEY UPDATE"),
+    by_id: cylinder_lock_sql!("xmin::text", "id = $1", " FOR NO KEY UPDATE"),
+};
+
+/// PostgreSQL's reads without a lock, for a scan whose write then insists
+/// on the row version it read. `xmin` is the transaction that wrote the
+/// row version, so any update of the row changes it.
+pub(super) const POSTGRES_READS: CylinderLocks = CylinderLocks {
+    by_qr: cylinder_lock_sql!("xmin::text", "qr_code = $1", ""),
+    by_rfid: cylinder_lock_sql!("xmin::text", "rfid_tag = $1", ""),
+    by_id: cylinder_lock_sql!("xmin::text", "id = $1", ""),
 };
 
 pub(super) const SQLITE_LOCKS: CylinderLocks = CylinderLocks {
-    by_qr: cylinder_lock_sql!("qr_code = $1", ""),
-    by_rfid: cylinder_lock_sql!("rfid_tag = $1", ""),
-    by_id: cylinder_lock_sql!("id = $1", ""),
+    by_qr: cylinder_lock_sql!("NULL", "qr_code = $1", ""),
+    by_rfid: cylinder_lock_sql!("NULL", "rfid_tag = $1", ""),
+    by_id: cylinder_lock_sql!("NULL", "id = $1", ""),
 };
 
 pub(super) const FIND_REVOKED_CODE: &str =
@@ -137,46 +149,100 @@ macro_rules! impl_scan_store {
     ($store:ty, $db:ty) => {
         impl $store {
             /// Records a scan; see [`crate::storage::Store::record_scan`].
+            /// A backend may first try to record it without a lock; when
+            /// that cannot be done, the scan is judged again with its
+            /// cylinder locked.
             async fn record_scan_in_transaction(
                 &self,
                 scan: $crate::storage::ScanInput,
                 policy: &$crate::domain::scan::TamperPolicy,
                 respond: $crate::storage::ScanResponder<'_>,
             ) -> $crate::storage::StoreResult<$crate::storage::ScanOutcome> {
-                use $crate::domain::scan::{ScanFacts, ScanType, verdict};
-                use $crate::storage::scans::*;
-                use $crate::storage::{HistoryEvent, NewHistoryEntry, RecordedScan, ScanDraft, ScanOutcome, Store as _};
+                use $crate::storage::{ScanOutcome, StoreError};
+
+                if let Some(outcome) = self.record_scan_unlocked(&scan, policy, respond).await? {
+                    return Ok(outcome);
+                }
 
                 let mut tx = self.begin_write().await?;
+                let judged = self.judge_scan(&mut tx, &Self::CYLINDER_LOCKS, &scan, policy, respond).await?;
+                match self.write_scan(&mut tx, &judged.write(&scan)).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return Err(StoreError::Corrupt("a locked cylinder changed before its scan was written".into()));
+                    }
+                    Err(error) => {
+                        tx.rollback().await?;
+                        return match self.first_of_raced_retry(&error, &scan).await? {
+                            Some(first) => Ok(ScanOutcome::Replayed(first)),
+                            None => Err(error.into()),
+                        };
+                    }
+                }
+                if let (Some(record), Some(reason)) = (&judged.cylinder, judged.suspicious_reason.as_deref()) {
+                    self.flag_detected_tamper(&mut tx, record.id, scan.id, reason, &scan).await?;
+                }
+                tx.commit().await?;
+                Ok(ScanOutcome::Recorded(judged.into_recorded(&scan)))
+            }
 
-                // Find and lock the cylinder, through a revoked code if need be.
-                let locks = &Self::CYLINDER_LOCKS;
-                let lock = match scan.scan_type {
-                    ScanType::Qr => locks.by_qr,
-                    ScanType::Rfid => locks.by_rfid,
+            /// Returns the first scan when `error` says that a retry of it
+            /// raced this one and won.
+            async fn first_of_raced_retry(
+                &self,
+                error: &sqlx::Error,
+                scan: &$crate::storage::ScanInput,
+            ) -> $crate::storage::StoreResult<Option<$crate::storage::RecordedScan>> {
+                use $crate::storage::Store as _;
+
+                let duplicate = matches!(error, sqlx::Error::Database(database) if database.is_unique_violation());
+                match (duplicate, scan.client_scan_id.as_deref()) {
+                    (true, Some(client_scan_id)) => self.scan_by_client_id(scan.scanner.user_id, client_scan_id).await,
+                    _ => Ok(None),
+                }
+            }
+
+            /// Finds the cylinder a scan names with `reads`, through a
+            /// revoked code if need be, and judges the scan: the cloning
+            /// rules, the verdict, the response and the rows to write.
+            /// Writes nothing.
+            async fn judge_scan(
+                &self,
+                conn: &mut <$db as sqlx::Database>::Connection,
+                reads: &$crate::storage::scans::CylinderLocks,
+                scan: &$crate::storage::ScanInput,
+                policy: &$crate::domain::scan::TamperPolicy,
+                respond: $crate::storage::ScanResponder<'_>,
+            ) -> $crate::storage::StoreResult<$crate::storage::models::JudgedScan> {
+                use $crate::domain::scan::{ScanFacts, ScanType, verdict};
+                use $crate::storage::scans::*;
+                use $crate::storage::{HistoryEvent, NewHistoryEntry, ScanDraft};
+
+                let read = match scan.scan_type {
+                    ScanType::Qr => reads.by_qr,
+                    ScanType::Rfid => reads.by_rfid,
                 };
                 let mut found: Option<$crate::storage::models::CylinderSecretRow> =
-                    sqlx::query_as(lock).bind(&scan.code).fetch_optional(&mut *tx).await?;
+                    sqlx::query_as(read).bind(&scan.code).fetch_optional(&mut *conn).await?;
                 let mut code_revoked = false;
                 if found.is_none() {
                     let revoked: Option<(uuid::Uuid,)> = sqlx::query_as(FIND_REVOKED_CODE)
                         .bind(&scan.code)
                         .bind(scan.scan_type.as_str())
-                        .fetch_optional(&mut *tx)
+                        .fetch_optional(&mut *conn)
                         .await?;
                     if let Some((cylinder_id,)) = revoked {
                         code_revoked = true;
-                        found = sqlx::query_as(locks.by_id).bind(cylinder_id).fetch_optional(&mut *tx)
-                            .await?;
+                        found = sqlx::query_as(reads.by_id).bind(cylinder_id).fetch_optional(&mut *conn).await?;
                     }
                 }
                 // A driver who leaves the scanner in QR mode reads an RFID
                 // tag id as text. That is a genuine tag, not a counterfeit.
                 let looks_like_rfid = scan.code.len() >= 8 && scan.code.chars().all(|c| c.is_ascii_hexdigit());
                 if found.is_none() && scan.scan_type == ScanType::Qr && looks_like_rfid {
-                    found = sqlx::query_as(locks.by_rfid).bind(&scan.code).fetch_optional(&mut *tx).await?;
+                    found = sqlx::query_as(reads.by_rfid).bind(&scan.code).fetch_optional(&mut *conn).await?;
                 }
-                let (mut cylinder, secret, reserved, mut memory) = match found {
+                let (mut cylinder, secret, reserved, mut memory, version) = match found {
                     Some(row) => {
                         let memory = row.rule_memory()?;
                         (
@@ -185,14 +251,15 @@ macro_rules! impl_scan_store {
                             // The scan's SCANNED entry takes the next position.
                             Some((row.history_count + 1, row.last_history_hash)),
                             Some(memory),
+                            row.version,
                         )
                     }
-                    None => (None, None, None, None),
+                    None => (None, None, None, None, None),
                 };
 
                 let suspicious = match (&cylinder, &memory) {
                     (Some(record), Some(memory)) => {
-                        self.apply_tamper_rules(&mut tx, record.id, memory, &scan, policy).await?
+                        self.apply_tamper_rules(&mut *conn, record.id, memory, scan, policy).await?
                     }
                     _ => None,
                 };
@@ -219,8 +286,8 @@ macro_rules! impl_scan_store {
                     suspicious_reason: suspicious.as_deref(),
                     scanned_at: scan.scanned_at,
                 });
-                let history = match &cylinder {
-                    Some(record) => {
+                let history = match (&cylinder, reserved) {
+                    (Some(record), Some(reserved)) => {
                         let entry = NewHistoryEntry {
                             cylinder_id: record.id,
                             event: HistoryEvent::Scanned,
@@ -236,51 +303,20 @@ macro_rules! impl_scan_store {
                                 "scanned_at": scan.scanned_at,
                             }),
                         };
-                        let reserved = reserved.clone().ok_or_else(|| {
-                            $crate::storage::StoreError::Corrupt("a locked cylinder returned no history position".into())
-                        })?;
                         Some($crate::storage::PreparedEntry::new(&self.chain_key, entry, reserved, scan.received_at))
                     }
-                    None => None,
+                    _ => None,
                 };
-                let write = $crate::storage::models::ScanWrite {
-                    scan: &scan,
-                    cylinder_id: cylinder.as_ref().map(|record| record.id),
-                    result: outcome.result,
-                    message: &outcome.message,
-                    suspicious_reason: suspicious.as_deref(),
-                    response: &response,
+                Ok($crate::storage::models::JudgedScan {
+                    cylinder,
+                    version,
+                    secret,
+                    verdict: outcome,
+                    suspicious_reason: suspicious,
+                    response,
                     history,
                     memory,
-                };
-                if let Err(error) = self.write_scan(&mut tx, &write).await {
-                    // Two retries of one scan raced; the other one won.
-                    let duplicate = matches!(&error, sqlx::Error::Database(database) if database.is_unique_violation());
-                    if let (true, Some(client_scan_id)) = (duplicate, scan.client_scan_id.as_deref()) {
-                        tx.rollback().await?;
-                        let first = self.scan_by_client_id(scan.scanner.user_id, client_scan_id).await?;
-                        if let Some(first) = first {
-                            return Ok(ScanOutcome::Replayed(first));
-                        }
-                    }
-                    return Err(error.into());
-                }
-                if let (Some(record), Some(reason)) = (&cylinder, suspicious.as_deref()) {
-                    self.flag_detected_tamper(&mut tx, record.id, scan.id, reason, &scan).await?;
-                }
-                tx.commit().await?;
-
-                Ok(ScanOutcome::Recorded(RecordedScan {
-                    id: scan.id,
-                    cylinder_id: cylinder.as_ref().map(|record| record.id),
-                    result: outcome.result,
-                    is_suspicious: suspicious.is_some(),
-                    response,
-                    received_at: scan.received_at,
-                    scanned_code: scan.raw_code.clone(),
-                    cylinder_flagged: cylinder.as_ref().is_some_and(|record| record.is_tampered),
-                    token_key: secret,
-                }))
+                })
             }
 
             /// Applies both cloning rules to a scan of `cylinder_id` and
@@ -289,7 +325,7 @@ macro_rules! impl_scan_store {
             /// scans table otherwise.
             async fn apply_tamper_rules(
                 &self,
-                tx: &mut sqlx::Transaction<'static, $db>,
+                conn: &mut <$db as sqlx::Database>::Connection,
                 cylinder_id: uuid::Uuid,
                 memory: &$crate::domain::rule_memory::RuleMemory,
                 scan: &$crate::storage::ScanInput,
@@ -312,7 +348,7 @@ macro_rules! impl_scan_store {
                                 .bind(at)
                                 .bind(at - policy.rapid_window)
                                 .bind(at + policy.rapid_window)
-                                .fetch_all(&mut **tx)
+                                .fetch_all(&mut *conn)
                                 .await?;
                         let mut inputs = RuleInputs::default();
                         for (kind, time, latitude, longitude, accuracy_m) in rows {

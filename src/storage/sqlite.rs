@@ -136,15 +136,27 @@ pub const REBUILD_RULE_MEMORY: [&str; 2] = [
 impl SqliteStore {
     const CYLINDER_LOCKS: super::scans::CylinderLocks = super::scans::SQLITE_LOCKS;
 
+    /// Leaves every scan to the locked path. SQLite runs in-process and its
+    /// writes take turns anyway, so a transaction costs no round trips.
+    async fn record_scan_unlocked(
+        &self,
+        _scan: &super::ScanInput,
+        _policy: &crate::domain::scan::TamperPolicy,
+        _respond: super::ScanResponder<'_>,
+    ) -> StoreResult<Option<super::ScanOutcome>> {
+        Ok(None)
+    }
+
     /// Writes a scan's rows: the scan, its context, its SCANNED history
     /// entry with the new chain head, and the cylinder's rule memory.
     /// SQLite runs in-process, so separate statements cost no network round
-    /// trips.
+    /// trips. The write transaction has held the database since the
+    /// cylinder was read, so the scan is always written: returns true.
     async fn write_scan(
         &self,
         tx: &mut Transaction<'static, Sqlite>,
         write: &super::models::ScanWrite<'_>,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<bool, sqlx::Error> {
         use super::scans::{INSERT_SCAN, INSERT_SCAN_CONTEXT, SET_SCAN_STATE};
 
         let scan = write.scan;
@@ -177,10 +189,10 @@ impl SqliteStore {
                 .execute(&mut **tx)
                 .await?;
         }
-        if let Some(entry) = &write.history {
+        if let Some(entry) = write.history {
             Self::insert_prepared_entry(tx, entry).await?;
         }
-        if let (Some(entry), Some(memory)) = (&write.history, &write.memory) {
+        if let (Some(entry), Some(memory)) = (write.history, write.memory) {
             let fix = write.last_fix();
             sqlx::query(SET_SCAN_STATE)
                 .bind(entry.cylinder_id)
@@ -196,7 +208,7 @@ impl SqliteStore {
                 .execute(&mut **tx)
                 .await?;
         }
-        Ok(())
+        Ok(true)
     }
 }
 
