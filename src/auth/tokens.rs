@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::config::JwtConfig;
+use crate::domain::Role;
 
 /// Clock difference tolerated between instances, in seconds.
 pub const LEEWAY_SECONDS: u64 = 30;
@@ -52,6 +53,10 @@ struct Claims {
     /// The refresh token family, on refresh tokens only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     fam: Option<Uuid>,
+    /// The user's role when the token was issued, on access tokens only.
+    /// Tokens issued before roles were carried lack it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    role: Option<Role>,
 }
 
 /// A token that was just signed.
@@ -66,6 +71,9 @@ pub struct IssuedToken {
 #[derive(Debug, Clone)]
 pub struct VerifiedToken {
     pub user_id: Uuid,
+    /// The role the user had when the token was issued. A route that
+    /// trusts it must confirm it against the user's account.
+    pub role: Option<Role>,
     pub id: Uuid,
     pub family: Option<Uuid>,
     pub expires_at: DateTime<Utc>,
@@ -123,12 +131,14 @@ impl TokenService {
         self.config.refresh_lifetime
     }
 
-    /// Signs a new token of `kind` for `user_id`. Refresh tokens carry their
-    /// `family`, the chain of rotations that started at one login.
+    /// Signs a new token of `kind` for `user_id`. Access tokens carry the
+    /// user's `role`, and refresh tokens their `family`, the chain of
+    /// rotations that started at one login.
     pub fn issue(
         &self,
         kind: TokenKind,
         user_id: Uuid,
+        role: Option<Role>,
         family: Option<Uuid>,
         now: DateTime<Utc>,
     ) -> Result<IssuedToken, TokenError> {
@@ -147,6 +157,7 @@ impl TokenService {
             jti: id,
             token_use: kind,
             fam: family,
+            role,
         };
 
         let mut header = Header::new(self.config.algorithm);
@@ -199,6 +210,7 @@ impl TokenService {
         let expires_at = DateTime::from_timestamp(claims.exp, 0).ok_or(TokenError::Invalid)?;
         Ok(VerifiedToken {
             user_id: claims.sub,
+            role: claims.role,
             id: claims.jti,
             family: claims.fam,
             expires_at,
@@ -237,7 +249,8 @@ mod tests {
 
     fn issue(service: &TokenService, kind: TokenKind, now: DateTime<Utc>) -> String {
         let family = (kind == TokenKind::Refresh).then(Uuid::new_v4);
-        match service.issue(kind, Uuid::new_v4(), family, now) {
+        let role = (kind == TokenKind::Access).then_some(Role::Driver);
+        match service.issue(kind, Uuid::new_v4(), role, family, now) {
             Ok(issued) => issued.token,
             Err(error) => unreachable!("{error}"),
         }
@@ -248,7 +261,23 @@ mod tests {
         let tokens = service(&config(key(&"a".repeat(40), "k1"), vec![]));
         let now = Utc::now();
         let token = issue(&tokens, TokenKind::Access, now);
-        assert!(tokens.verify(&token, TokenKind::Access, now).is_ok());
+        let verified = tokens.verify(&token, TokenKind::Access, now);
+        assert!(verified.is_ok(), "{verified:?}");
+        assert_eq!(
+            verified.ok().and_then(|token| token.role),
+            Some(Role::Driver)
+        );
+    }
+
+    #[test]
+    fn access_token_without_role_verifies() {
+        let tokens = service(&config(key(&"a".repeat(40), "k1"), vec![]));
+        let now = Utc::now();
+        let issued = tokens.issue(TokenKind::Access, Uuid::new_v4(), None, None, now);
+        let token = issued.map(|issued| issued.token).unwrap_or_default();
+        let verified = tokens.verify(&token, TokenKind::Access, now);
+        assert!(verified.is_ok(), "{verified:?}");
+        assert_eq!(verified.ok().and_then(|token| token.role), None);
     }
 
     #[test]

@@ -1217,6 +1217,10 @@ async fn record(
                 planned.scanner,
                 planned.client_scan_id.as_deref().unwrap_or("-")
             ),
+            ScanOutcome::ScannerRejected => bail!(
+                "{} is not an active user with their planned role in this database, so their scans cannot be recorded",
+                planned.scanner
+            ),
         };
 
         *counts.entry(recorded.result).or_default() += 1;

@@ -10,18 +10,18 @@ use super::AppState;
 use super::client::Client;
 use super::error::ApiError;
 use crate::ratelimit::{Bucket, Rate, retry_after_seconds};
-use crate::storage::UserRecord;
+use crate::storage::Actor;
 
 /// Returns the bucket of every authenticated API call of `user`.
-pub fn api_bucket(state: &AppState, user: &UserRecord) -> Bucket {
+pub fn api_bucket(state: &AppState, user: Actor) -> Bucket {
     let count = state.config.rate_limits.api.of(user.role);
-    Bucket::new(format!("api:{}", user.id), Rate::per_hour(count))
+    Bucket::new(format!("api:{}", user.user_id), Rate::per_hour(count))
 }
 
 /// Returns the bucket of the scans `user` records.
-pub fn scan_bucket(state: &AppState, user: &UserRecord) -> Bucket {
+pub fn scan_bucket(state: &AppState, user: Actor) -> Bucket {
     let count = state.config.rate_limits.scans.of(user.role);
-    Bucket::new(format!("scan:{}", user.id), Rate::per_hour(count))
+    Bucket::new(format!("scan:{}", user.user_id), Rate::per_hour(count))
 }
 
 /// Returns the bucket of requests without a token from `client`.

@@ -475,6 +475,21 @@ pub enum ScanOutcome {
     /// The scanner sent this client scan id before; nothing new was
     /// recorded and this is the first scan.
     Replayed(RecordedScan),
+    /// The scanner's account is inactive, gone, or no longer has the role
+    /// that the scan was made with; nothing was recorded.
+    ScannerRejected,
+}
+
+/// The result of a backend's `write_scan`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ScanWritten {
+    Written,
+    /// Another write changed the cylinder after the scan was judged, so
+    /// nothing was written.
+    Stale,
+    /// The scanner is not an active user with the scan's role, so nothing
+    /// was written.
+    ScannerRejected,
 }
 
 /// A scan as the scan list shows it, with its personal data while that is
@@ -697,7 +712,7 @@ impl PreparedEntry {
 }
 
 /// A scan judged against its cylinder as it was read: the rows to write
-/// and what the scanner is told.
+/// and the response for the scanner.
 #[derive(Debug)]
 pub(super) struct JudgedScan {
     pub cylinder: Option<CylinderRecord>,

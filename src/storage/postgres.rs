@@ -7,6 +7,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 
 use super::StoreResult;
+use super::models::ScanWritten;
 use super::scans::impl_scan_store;
 use super::shared::impl_store;
 use crate::domain::audit::ChainKey;
@@ -89,20 +90,23 @@ pub const REBUILD_RULE_MEMORY: [&str; 2] = [
 /// has any. Each round trip to the server costs more than the statements'
 /// work, so the scan path writes all four at once.
 ///
-/// The cylinder's row is updated only while its version is still `$36`,
-/// the one the scan was judged against, and the scan's rows are written
-/// only with that update. The statement returns whether the scan was
-/// written: false means another write changed the cylinder in between.
-const WRITE_SCAN: &str = "WITH head AS ( \
+/// Nothing is written unless the scanner `$6` is an active user with the
+/// role `$7`. The cylinder's row is updated only while its version is
+/// still `$36`, the one the scan was judged against, and the scan's rows
+/// are written only with that update. The statement returns whether the
+/// scanner was confirmed and whether the scan was written.
+const WRITE_SCAN: &str = "WITH scanner AS ( \
+       SELECT 1 FROM users WHERE id = $6 AND role = $7 AND is_active \
+     ), head AS ( \
        UPDATE cylinders SET last_history_hash = $27, last_scanned_at = $12, history_count = $23, \
          recent_scans = $29, recent_scans_after = $30, last_fix_scan_id = $31, last_fix_at = $32, \
          last_fix_latitude = $33, last_fix_longitude = $34, last_fix_accuracy_m = $35 \
-       WHERE $28 AND id = $2 AND xmin::text = $36 RETURNING id \
+       WHERE $28 AND id = $2 AND xmin::text = $36 AND EXISTS (SELECT 1 FROM scanner) RETURNING id \
      ), scan AS ( \
        INSERT INTO cylinder_scans (id, cylinder_id, scan_type, result, scanned_code, scanner_id, scanner_role, \
          verification_message, is_suspicious, suspicious_reason, scanned_at, received_at, client_scan_id, response) \
        SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14 \
-       WHERE NOT $28 OR EXISTS (SELECT 1 FROM head) RETURNING id \
+       WHERE EXISTS (SELECT 1 FROM scanner) AND (NOT $28 OR EXISTS (SELECT 1 FROM head)) RETURNING id \
      ), context AS ( \
        INSERT INTO scan_context (scan_id, ip_address, user_agent, latitude, longitude, accuracy_m, address) \
        SELECT id, $15, $16, $17, $18, $19, $20 FROM scan WHERE $21 \
@@ -111,7 +115,7 @@ const WRITE_SCAN: &str = "WITH head AS ( \
          to_status, notes, details, created_at, prev_hash, entry_hash) \
        SELECT $22, $2, $23, 'SCANNED', $6, $7, NULL, NULL, '', $24, $25, $26, $27 FROM scan WHERE $28 \
      ) \
-     SELECT EXISTS (SELECT 1 FROM scan)";
+     SELECT EXISTS (SELECT 1 FROM scanner), EXISTS (SELECT 1 FROM scan)";
 
 impl PostgresStore {
     const CYLINDER_LOCKS: super::scans::CylinderLocks = super::scans::POSTGRES_LOCKS;
@@ -119,8 +123,10 @@ impl PostgresStore {
     /// Records a scan without a transaction: the cylinder is read without
     /// a lock, and the one write statement happens only if the row has not
     /// changed since. That takes two round trips where the locked path
-    /// takes four, and most scans need no more. Returns `None`, having
-    /// written nothing, when the scan must take the locked path instead:
+    /// takes four, and most scans need no more. The write also confirms the
+    /// scanner, so the scan route needs no user look-up of its own.
+    /// Returns `None`, having written nothing, when the scan must take the
+    /// locked path instead:
     /// another scan of the cylinder came in between, or the scan is
     /// suspicious, because flagging the cylinder takes more statements
     /// than one.
@@ -144,10 +150,11 @@ impl PostgresStore {
             return Ok(None);
         }
         match self.write_scan(&mut connection, &judged.write(scan)).await {
-            Ok(true) => Ok(Some(super::ScanOutcome::Recorded(
+            Ok(ScanWritten::Written) => Ok(Some(super::ScanOutcome::Recorded(
                 judged.into_recorded(scan),
             ))),
-            Ok(false) => Ok(None),
+            Ok(ScanWritten::Stale) => Ok(None),
+            Ok(ScanWritten::ScannerRejected) => Ok(Some(super::ScanOutcome::ScannerRejected)),
             Err(error) => match self.first_of_raced_retry(&error, scan).await? {
                 Some(first) => Ok(Some(super::ScanOutcome::Replayed(first))),
                 None => Err(error.into()),
@@ -155,17 +162,17 @@ impl PostgresStore {
         }
     }
 
-    /// Runs [`WRITE_SCAN`] and returns whether the scan was written.
+    /// Runs [`WRITE_SCAN`] and returns what it did.
     async fn write_scan(
         &self,
         connection: &mut PgConnection,
         write: &super::models::ScanWrite<'_>,
-    ) -> Result<bool, sqlx::Error> {
+    ) -> Result<ScanWritten, sqlx::Error> {
         let scan = write.scan;
         let history = write.history;
         let memory = write.memory;
         let fix = write.last_fix();
-        sqlx::query_scalar(WRITE_SCAN)
+        let (scanner_active, written): (bool, bool) = sqlx::query_as(WRITE_SCAN)
             .bind(scan.id)
             .bind(write.cylinder_id)
             .bind(scan.scan_type.as_str())
@@ -203,7 +210,12 @@ impl PostgresStore {
             .bind(fix.and_then(|fix| fix.scan.position.accuracy_m))
             .bind(write.version)
             .fetch_one(&mut *connection)
-            .await
+            .await?;
+        Ok(match (scanner_active, written) {
+            (false, _) => ScanWritten::ScannerRejected,
+            (true, false) => ScanWritten::Stale,
+            (true, true) => ScanWritten::Written,
+        })
     }
 }
 

@@ -53,6 +53,11 @@ pub(super) const SQLITE_LOCKS: CylinderLocks = CylinderLocks {
     by_id: cylinder_lock_sql!("NULL", "id = $1", ""),
 };
 
+/// Whether the user `$1` is active with the role `$2`, which the scan path
+/// confirms in its write transaction.
+pub(super) const SCANNER_ACTIVE: &str =
+    "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1 AND role = $2 AND is_active)";
+
 pub(super) const FIND_REVOKED_CODE: &str =
     "SELECT cylinder_id FROM revoked_codes WHERE code = $1 AND scan_type = $2";
 
@@ -158,6 +163,7 @@ macro_rules! impl_scan_store {
                 policy: &$crate::domain::scan::TamperPolicy,
                 respond: $crate::storage::ScanResponder<'_>,
             ) -> $crate::storage::StoreResult<$crate::storage::ScanOutcome> {
+                use $crate::storage::models::ScanWritten;
                 use $crate::storage::{ScanOutcome, StoreError};
 
                 if let Some(outcome) = self.record_scan_unlocked(&scan, policy, respond).await? {
@@ -167,9 +173,13 @@ macro_rules! impl_scan_store {
                 let mut tx = self.begin_write().await?;
                 let judged = self.judge_scan(&mut tx, &Self::CYLINDER_LOCKS, &scan, policy, respond).await?;
                 match self.write_scan(&mut tx, &judged.write(&scan)).await {
-                    Ok(true) => {}
-                    Ok(false) => {
+                    Ok(ScanWritten::Written) => {}
+                    Ok(ScanWritten::Stale) => {
                         return Err(StoreError::Corrupt("a locked cylinder changed before its scan was written".into()));
+                    }
+                    Ok(ScanWritten::ScannerRejected) => {
+                        tx.rollback().await?;
+                        return Ok(ScanOutcome::ScannerRejected);
                     }
                     Err(error) => {
                         tx.rollback().await?;
@@ -187,7 +197,8 @@ macro_rules! impl_scan_store {
             }
 
             /// Returns the first scan when `error` says that a retry of it
-            /// raced this one and won.
+            /// raced this one and won. The retry's write confirmed the
+            /// scanner before the insert that failed.
             async fn first_of_raced_retry(
                 &self,
                 error: &sqlx::Error,

@@ -8,6 +8,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
 use super::StoreResult;
+use super::models::ScanWritten;
 use super::scans::impl_scan_store;
 use super::shared::impl_store;
 use crate::domain::audit::ChainKey;
@@ -150,16 +151,25 @@ impl SqliteStore {
     /// Writes a scan's rows: the scan, its context, its SCANNED history
     /// entry with the new chain head, and the cylinder's rule memory.
     /// SQLite runs in-process, so separate statements cost no network round
-    /// trips. The write transaction has held the database since the
-    /// cylinder was read, so the scan is always written: returns true.
+    /// trips. Nothing is written unless the scanner is an active user with
+    /// the scan's role. The write transaction has held the database since
+    /// the cylinder was read, so the cylinder cannot have changed.
     async fn write_scan(
         &self,
         tx: &mut Transaction<'static, Sqlite>,
         write: &super::models::ScanWrite<'_>,
-    ) -> Result<bool, sqlx::Error> {
-        use super::scans::{INSERT_SCAN, INSERT_SCAN_CONTEXT, SET_SCAN_STATE};
+    ) -> Result<ScanWritten, sqlx::Error> {
+        use super::scans::{INSERT_SCAN, INSERT_SCAN_CONTEXT, SCANNER_ACTIVE, SET_SCAN_STATE};
 
         let scan = write.scan;
+        let scanner_active: bool = sqlx::query_scalar(SCANNER_ACTIVE)
+            .bind(scan.scanner.user_id)
+            .bind(scan.scanner.role.as_str())
+            .fetch_one(&mut **tx)
+            .await?;
+        if !scanner_active {
+            return Ok(ScanWritten::ScannerRejected);
+        }
         sqlx::query(INSERT_SCAN)
             .bind(scan.id)
             .bind(write.cylinder_id)
@@ -208,7 +218,7 @@ impl SqliteStore {
                 .execute(&mut **tx)
                 .await?;
         }
-        Ok(true)
+        Ok(ScanWritten::Written)
     }
 }
 

@@ -11,6 +11,7 @@ use cyltrack::domain::Role;
 on_both_backends!(
     scan_limit_refuses_101st,
     scan_replays_not_counted,
+    replay_at_limit_needs_active_user,
     forged_tokens_spend_nothing,
     login_throttled_after_failures,
     proxy_ip_recorded_on_scans,
@@ -219,6 +220,31 @@ async fn scan_replays_not_counted(backend: Backend) {
     let (status, body) = app.post("/api/v1/scans", &driver, unknown_scan(1)).await;
     assert_eq!(status, StatusCode::OK, "replay at the limit: {body}");
     assert_eq!(scans_stored(&app).await, 3);
+    app.stop().await;
+}
+
+async fn replay_at_limit_needs_active_user(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |variables| {
+        variables.insert("SCAN_RATE_LIMIT_DRIVER".into(), "1".into());
+    })
+    .await;
+    let (driver, driver_token) = app.user_with_token("driver-b", Role::Driver).await;
+    let (_, admin) = app.user_with_token("admin-b", Role::Admin).await;
+    let (status, body) = app
+        .post("/api/v1/scans", &driver_token, unknown_scan(0))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // At the limit a retry is answered from the store, which has not
+    // confirmed the caller, so the route confirms the account itself.
+    let path = format!("/api/v1/users/{}", driver.id);
+    let (status, body) = app.patch(&path, &admin, json!({"is_active": false})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = app
+        .post("/api/v1/scans", &driver_token, unknown_scan(0))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(scans_stored(&app).await, 1);
     app.stop().await;
 }
 

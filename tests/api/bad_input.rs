@@ -3,8 +3,6 @@
 //! field and an `x-request-id` header, and none of them writes anything.
 
 use chrono::{Duration, Months, Utc};
-use cyltrack::auth::tokens::{TokenKind, TokenService};
-use cyltrack::config;
 use cyltrack::domain::Role;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -12,7 +10,7 @@ use uuid::Uuid;
 
 use crate::helpers::{
     Backend, PASSWORD, TestApp, count_items, cylinder_body, error_of, on_both_backends,
-    test_variables,
+    sign_access_token,
 };
 
 on_both_backends!(
@@ -1090,24 +1088,6 @@ async fn bad_bearer_tokens_are_401(backend: Backend) {
         fixture.assert_unchanged(description, &before).await;
     }
     fixture.app.stop().await;
-}
-
-/// Signs an access token for `user_id` issued at `issued_at`, with the
-/// JWT key that `test_variables` sets for every test server.
-fn sign_access_token(user_id: Uuid, issued_at: chrono::DateTime<Utc>) -> String {
-    let signed = tempfile::tempdir()
-        .map_err(|error| error.to_string())
-        .and_then(|dir| {
-            config::load(&test_variables(dir.path())).map_err(|error| error.to_string())
-        })
-        .and_then(|(config, _)| TokenService::new(&config.jwt).map_err(|error| error.to_string()))
-        .and_then(|tokens| {
-            tokens
-                .issue(TokenKind::Access, user_id, None, issued_at)
-                .map_err(|error| error.to_string())
-        });
-    assert!(signed.is_ok(), "sign an access token: {signed:?}");
-    signed.map(|issued| issued.token).unwrap_or_default()
 }
 
 async fn expired_access_token_is_401(backend: Backend) {

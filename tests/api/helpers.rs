@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cyltrack::auth::create_account;
+use cyltrack::auth::tokens::{TokenKind, TokenService};
 use cyltrack::config::{self, Variables};
 use cyltrack::domain::Role;
 use cyltrack::domain::user::NewUser;
@@ -434,4 +435,23 @@ pub async fn count_items(app: &TestApp, path: &str, staff_token: &str) -> usize 
         .await;
     assert_eq!(status, StatusCode::OK, "list {path}: {body}");
     body["items"].as_array().map(Vec::len).unwrap_or_default()
+}
+
+/// Signs an access token for `user_id` issued at `issued_at`, with the
+/// JWT key that `test_variables` sets for every test server. The token
+/// carries no role, as tokens issued before roles were added did not.
+pub fn sign_access_token(user_id: Uuid, issued_at: chrono::DateTime<chrono::Utc>) -> String {
+    let signed = tempfile::tempdir()
+        .map_err(|error| error.to_string())
+        .and_then(|dir| {
+            config::load(&test_variables(dir.path())).map_err(|error| error.to_string())
+        })
+        .and_then(|(config, _)| TokenService::new(&config.jwt).map_err(|error| error.to_string()))
+        .and_then(|tokens| {
+            tokens
+                .issue(TokenKind::Access, user_id, None, None, issued_at)
+                .map_err(|error| error.to_string())
+        });
+    assert!(signed.is_ok(), "sign an access token: {signed:?}");
+    signed.map(|issued| issued.token).unwrap_or_default()
 }

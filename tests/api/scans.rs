@@ -8,7 +8,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{Backend, TestApp, count_items, cylinder_body, error_of, on_both_backends};
+use crate::helpers::{
+    Backend, TestApp, count_items, cylinder_body, error_of, on_both_backends, sign_access_token,
+};
 
 on_both_backends!(
     valid_scan_issues_token,
@@ -34,6 +36,9 @@ on_both_backends!(
     scan_list_respects_viewer,
     concurrent_retries_record_once,
     concurrent_scans_judged_serially,
+    deactivated_scanner_records_nothing,
+    changed_role_token_records_nothing,
+    token_without_role_scans,
 );
 
 /// Latitude and longitude in degrees.
@@ -1326,5 +1331,88 @@ async fn concurrent_scans_judged_serially(backend: Backend) {
     assert_eq!(detected, 3, "{events:?}");
     let scans = count_items(&app, &format!("/api/v1/cylinders/{id}/scans"), &token).await;
     assert_eq!(scans, 8, "every concurrent scan must be recorded");
+    app.stop().await;
+}
+
+/// Changes the user `user_id` with `changes` as an admin.
+async fn change_user(app: &TestApp, user_id: Uuid, changes: Value) {
+    let (_, admin) = app.user_with_token("admin", Role::Admin).await;
+    let path = format!("/api/v1/users/{user_id}");
+    let (status, body) = app.patch(&path, &admin, changes).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+async fn deactivated_scanner_records_nothing(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let token = staff(&app).await;
+    let cylinder = app.register_cylinder(&token, "DS-0001").await;
+    let id = text_of(&cylinder, "id");
+    let (driver, driver_token) = app.user_with_token("otieno", Role::Driver).await;
+    scan_recorded(&app, &driver_token, qr_scan(&cylinder)).await;
+
+    change_user(&app, driver.id, json!({"is_active": false})).await;
+    let (status, body) = app.post(SCANS, &driver_token, qr_scan(&cylinder)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, body) = app
+        .post(
+            SCANS,
+            &driver_token,
+            json!({"code": "CYL-UNKNOWN-0001", "scan_type": "QR"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "unknown code: {body}");
+
+    let scans = count_items(&app, &format!("/api/v1/cylinders/{id}/scans"), &token).await;
+    assert_eq!(scans, 1, "only the scan before deactivation is recorded");
+    let events = history_events(&app, &token, &id).await;
+    assert_eq!(events, ["SCANNED", "REGISTERED"], "{events:?}");
+    app.stop().await;
+}
+
+async fn changed_role_token_records_nothing(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let token = staff(&app).await;
+    let cylinder = app.register_cylinder(&token, "RC-0001").await;
+    let id = text_of(&cylinder, "id");
+    let (driver, driver_token) = app.user_with_token("wanjiru", Role::Driver).await;
+
+    // A driver who becomes a customer keeps a token that says driver.
+    change_user(&app, driver.id, json!({"role": "CUSTOMER"})).await;
+    let (status, body) = app.post(SCANS, &driver_token, qr_scan(&cylinder)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let scans = count_items(&app, &format!("/api/v1/cylinders/{id}/scans"), &token).await;
+    assert_eq!(scans, 0, "the stale token recorded a scan");
+
+    // Signing in again gives a token with the new role.
+    let (status, body) = app.login("wanjiru", crate::helpers::PASSWORD).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let fresh = text_of(&body, "access_token");
+    let scanned = scan_recorded(&app, &fresh, qr_scan(&cylinder)).await;
+    assert_eq!(scanned["result"], "VALID", "{scanned}");
+    let scans = scan_items(&app, &token, &id).await;
+    assert_eq!(scans.len(), 1, "{scans:?}");
+    assert_eq!(scans[0]["scanner_role"], "CUSTOMER", "{scans:?}");
+    app.stop().await;
+}
+
+async fn token_without_role_scans(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let token = staff(&app).await;
+    let cylinder = app.register_cylinder(&token, "TR-0001").await;
+    let id = text_of(&cylinder, "id");
+    let driver = app.create_user("kiprop", Role::Driver).await;
+
+    // A token issued before tokens carried roles is confirmed against the
+    // account, and the scan is recorded with the account's role.
+    let old_token = sign_access_token(driver.id, Utc::now());
+    let scanned = scan_recorded(&app, &old_token, qr_scan(&cylinder)).await;
+    assert_eq!(scanned["result"], "VALID", "{scanned}");
+    let scans = scan_items(&app, &token, &id).await;
+    assert_eq!(scans.len(), 1, "{scans:?}");
+    assert_eq!(scans[0]["scanner_role"], "DRIVER", "{scans:?}");
+
+    change_user(&app, driver.id, json!({"is_active": false})).await;
+    let (status, body) = app.post(SCANS, &old_token, qr_scan(&cylinder)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     app.stop().await;
 }

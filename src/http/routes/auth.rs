@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::auth::password;
 use crate::auth::tokens::{TokenKind, VerifiedToken};
+use crate::domain::Role;
 use crate::domain::value::Password;
 use crate::http::AppState;
 use crate::http::client::Client;
@@ -179,7 +180,9 @@ pub async fn login(
     };
     state.limiter.reset(&throttle.buckets[0].key).await;
     tracing::info!(user_id = %user.id, "login succeeded");
-    issue_pair(&state, user.id, Uuid::new_v4()).await.map(Json)
+    issue_pair(&state, user.id, user.role, Uuid::new_v4())
+        .await
+        .map(Json)
 }
 
 #[utoipa::path(
@@ -199,10 +202,23 @@ pub async fn refresh(
     let presented = verify_refresh(&state, &request.refresh_token)?;
     let family = presented.family.ok_or(ApiError::InvalidRefreshToken)?;
     let now = Utc::now();
+    // The new access token carries the role that the user has now.
+    let user = state
+        .store
+        .user(presented.user_id)
+        .await?
+        .filter(|user| user.is_active)
+        .ok_or(ApiError::InvalidRefreshToken)?;
 
     let next = state
         .tokens
-        .issue(TokenKind::Refresh, presented.user_id, Some(family), now)
+        .issue(
+            TokenKind::Refresh,
+            presented.user_id,
+            None,
+            Some(family),
+            now,
+        )
         .map_err(ApiError::internal)?;
     let record = RefreshTokenRecord {
         id: next.id,
@@ -226,7 +242,7 @@ pub async fn refresh(
 
     let access = state
         .tokens
-        .issue(TokenKind::Access, presented.user_id, None, now)
+        .issue(TokenKind::Access, user.id, Some(user.role), None, now)
         .map_err(ApiError::internal)?;
     Ok(Json(TokenPair {
         access_token: access.token,
@@ -265,15 +281,20 @@ fn verify_refresh(state: &AppState, token: &str) -> Result<VerifiedToken, ApiErr
 }
 
 /// Issues an access token and the first refresh token of a new family.
-async fn issue_pair(state: &AppState, user_id: Uuid, family: Uuid) -> Result<TokenPair, ApiError> {
+async fn issue_pair(
+    state: &AppState,
+    user_id: Uuid,
+    role: Role,
+    family: Uuid,
+) -> Result<TokenPair, ApiError> {
     let now = Utc::now();
     let access = state
         .tokens
-        .issue(TokenKind::Access, user_id, None, now)
+        .issue(TokenKind::Access, user_id, Some(role), None, now)
         .map_err(ApiError::internal)?;
     let refresh = state
         .tokens
-        .issue(TokenKind::Refresh, user_id, Some(family), now)
+        .issue(TokenKind::Refresh, user_id, None, Some(family), now)
         .map_err(ApiError::internal)?;
     state
         .store

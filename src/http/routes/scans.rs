@@ -19,10 +19,10 @@ use crate::domain::value::{Address, Notes};
 use crate::http::AppState;
 use crate::http::client::Client;
 use crate::http::error::{ApiError, ErrorBody};
-use crate::http::extract::{ApiQuery, CurrentUser, JsonBody, PathId};
+use crate::http::extract::{ApiQuery, CurrentUser, JsonBody, PathId, TokenUser};
 use crate::http::quota;
 use crate::storage::{
-    CodeReissue, RecordedScan, ScanDraft, ScanInput, ScanOutcome, ScanRecord, Scope,
+    Actor, CodeReissue, RecordedScan, ScanDraft, ScanInput, ScanOutcome, ScanRecord, Scope,
     TamperFlagOutcome,
 };
 
@@ -201,12 +201,12 @@ fn with_token(state: &AppState, scan: &RecordedScan) -> Result<serde_json::Value
 #[tracing::instrument(skip_all)]
 pub async fn scan(
     State(state): State<AppState>,
-    current: CurrentUser,
+    caller: TokenUser,
     client: Client,
     headers: HeaderMap,
     body: JsonBody,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let grant = current.grant(Action::ScanCylinder, "scan cylinders")?;
+    let grant = caller.grant(Action::ScanCylinder, "scan cylinders")?;
     let request: ScanRequest = body.decode()?;
     let now = Utc::now();
     let code = ScanCode::parse("code", &request.code, request.scan_type).inspect_err(|error| {
@@ -248,11 +248,16 @@ pub async fn scan(
     };
 
     // Replays of a client scan id do not count against the scan limit.
-    // A full bucket costs one look-up to tell a replay from a new scan.
-    let scans = quota::scan_bucket(&state, &current.user);
+    // A full bucket costs a look-up to tell a replay from a new scan, and
+    // one to confirm the caller, which the store does not see.
+    let scanner = grant.actor();
+    let scans = quota::scan_bucket(&state, scanner);
     if let Err(wait) = state.limiter.acquire(std::slice::from_ref(&scans)).await {
         let replay = match input.client_scan_id.as_deref() {
-            Some(id) => state.store.scan_by_client_id(current.user.id, id).await?,
+            Some(id) => {
+                confirm_scanner(&state, scanner).await?;
+                state.store.scan_by_client_id(scanner.user_id, id).await?
+            }
             None => None,
         };
         match replay {
@@ -261,15 +266,15 @@ pub async fn scan(
                 // The refused scan does not count as an API call either.
                 state
                     .limiter
-                    .release(&quota::api_bucket(&state, &current.user))
+                    .release(&quota::api_bucket(&state, scanner))
                     .await;
-                tracing::warn!(user_id = %current.user.id, "rate limit reached: scans");
+                tracing::warn!(user_id = %scanner.user_id, "rate limit reached: scans");
                 return Err(quota::limited("scans", wait));
             }
         }
     }
 
-    let role = current.user.role;
+    let role = scanner.role;
     let respond = move |draft: &ScanDraft<'_>| {
         serde_json::to_string(&draft_response(draft, role)).unwrap_or_else(|_| "{}".to_string())
     };
@@ -284,12 +289,26 @@ pub async fn scan(
             state.limiter.release(&scans).await;
             return replayed(&state, first, &raw_code);
         }
+        ScanOutcome::ScannerRejected => {
+            tracing::warn!(user_id = %scanner.user_id, role = scanner.role.as_str(), "scan rejected: the scanner is inactive or has another role now");
+            return Err(ApiError::InvalidToken);
+        }
     };
     if scan.is_suspicious {
         tracing::warn!(scan_id = %scan.id, cylinder_id = ?scan.cylinder_id, "security: suspicious scan, cylinder flagged as tampered");
     }
     tracing::info!(scan_id = %scan.id, result = scan.result.as_str(), "scan recorded");
     Ok((StatusCode::CREATED, Json(with_token(&state, &scan)?)))
+}
+
+/// Rejects the token of `scanner` unless the account is active with the
+/// token's role.
+async fn confirm_scanner(state: &AppState, scanner: Actor) -> Result<(), ApiError> {
+    let user = state.store.user(scanner.user_id).await?;
+    match user {
+        Some(user) if user.is_active && user.role == scanner.role => Ok(()),
+        _ => Err(ApiError::InvalidToken),
+    }
 }
 
 /// Returns, for a retry, the response of the first scan under its client
