@@ -197,8 +197,8 @@ macro_rules! impl_scan_store {
             }
 
             /// Returns the first scan when `error` says that a retry of it
-            /// raced this one and won. The retry's write confirmed the
-            /// scanner before the insert that failed.
+            /// raced this one and won. The scanner needs no check here: the
+            /// insert that failed runs only for a confirmed scanner.
             async fn first_of_raced_retry(
                 &self,
                 error: &sqlx::Error,

@@ -235,15 +235,18 @@ async fn replay_at_limit_needs_active_user(backend: Backend) {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
 
-    // At the limit a retry is answered from the store, which has not
-    // confirmed the caller, so the route confirms the account itself.
+    // At the limit the scan never reaches the store's write, which
+    // confirms the caller, so the route confirms the account itself.
     let path = format!("/api/v1/users/{}", driver.id);
     let (status, body) = app.patch(&path, &admin, json!({"is_active": false})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = app
         .post("/api/v1/scans", &driver_token, unknown_scan(0))
         .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "retry: {body}");
+    let new_scan = json!({"code": "CYL-UNKNOWN-0002", "scan_type": "QR"});
+    let (status, body) = app.post("/api/v1/scans", &driver_token, new_scan).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "new scan: {body}");
     assert_eq!(scans_stored(&app).await, 1);
     app.stop().await;
 }

@@ -192,7 +192,7 @@ fn with_token(state: &AppState, scan: &RecordedScan) -> Result<serde_json::Value
     responses(
         (status = 201, description = "The scan was verified and recorded", body = ScanResponse),
         (status = 200, description = "A retry of an earlier scan with the same client_scan_id: its first response", body = ScanResponse),
-        (status = 401, description = "Missing or invalid access token", body = ErrorBody),
+        (status = 401, description = "Missing or invalid access token, or its user is no longer active with the role the token names; nothing was recorded", body = ErrorBody),
         (status = 422, description = "A field is invalid, such as a code with characters no label carries", body = ErrorBody),
         (status = 429, description = "Over the caller's hourly scan or API limit; nothing was recorded. Retry-After gives the wait", body = ErrorBody),
     ),
@@ -248,16 +248,14 @@ pub async fn scan(
     };
 
     // Replays of a client scan id do not count against the scan limit.
-    // A full bucket costs a look-up to tell a replay from a new scan, and
-    // one to confirm the caller, which the store does not see.
+    // A full bucket costs a look-up to confirm the caller, which the store
+    // does not see on this path, and one to tell a replay from a new scan.
     let scanner = grant.actor();
     let scans = quota::scan_bucket(&state, scanner);
     if let Err(wait) = state.limiter.acquire(std::slice::from_ref(&scans)).await {
+        confirm_scanner(&state, scanner).await?;
         let replay = match input.client_scan_id.as_deref() {
-            Some(id) => {
-                confirm_scanner(&state, scanner).await?;
-                state.store.scan_by_client_id(scanner.user_id, id).await?
-            }
+            Some(id) => state.store.scan_by_client_id(scanner.user_id, id).await?,
             None => None,
         };
         match replay {
