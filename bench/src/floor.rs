@@ -103,8 +103,13 @@ impl Floor {
     }
 }
 
+/// Returns the path of this process's pgbench script.
+pub fn script_path() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("cyltrack-floor-{}.sql", std::process::id()))
+}
+
 async fn pgbench(args: &Args, url: &str, connections: usize) -> anyhow::Result<f64> {
-    let script = std::env::temp_dir().join(format!("cyltrack-floor-{}.sql", std::process::id()));
+    let script = script_path();
     std::fs::write(&script, PGBENCH_SCRIPT)?;
     let threads = connections.clamp(1, 2);
     let output = tokio::process::Command::new("pgbench")
@@ -127,6 +132,7 @@ async fn pgbench(args: &Args, url: &str, connections: usize) -> anyhow::Result<f
         .arg(&script)
         .arg(url)
         .stdin(Stdio::null())
+        .kill_on_drop(true)
         .output()
         .await;
     let _ = std::fs::remove_file(&script);

@@ -105,7 +105,15 @@ async fn main() -> anyhow::Result<()> {
     let database = seed::Database::create(&args)
         .await
         .context("cannot create the benchmark database")?;
-    let result = run(&args, started_at, &database).await;
+    // Ctrl-C stops the run, and the database is still dropped. The server
+    // and pgbench are killed when their handles drop with the run.
+    let result = tokio::select! {
+        result = run(&args, started_at, &database) => result,
+        () = interrupted() => {
+            let _ = std::fs::remove_file(floor::script_path());
+            Err(anyhow::anyhow!("interrupted; no results were written"))
+        }
+    };
     if args.keep {
         eprintln!("kept the benchmark database: {}", database.url());
     } else {
@@ -114,6 +122,14 @@ async fn main() -> anyhow::Result<()> {
     let report = result?;
     report::write(&args, &report)?;
     Ok(())
+}
+
+/// Completes when the user presses Ctrl-C. If the signal cannot be
+/// watched, it never completes, and the run goes on as before.
+async fn interrupted() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 async fn run(

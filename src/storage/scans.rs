@@ -53,8 +53,8 @@ pub(super) const SQLITE_LOCKS: CylinderLocks = CylinderLocks {
     by_id: cylinder_lock_sql!("NULL", "id = $1", ""),
 };
 
-/// Whether the user `$1` is active with the role `$2`, which the scan path
-/// confirms in its write transaction.
+/// The check that the user `$1` is active with the role `$2`, which the
+/// scan path makes in its write transaction.
 pub(super) const SCANNER_ACTIVE: &str =
     "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1 AND role = $2 AND is_active)";
 
@@ -196,8 +196,8 @@ macro_rules! impl_scan_store {
                 Ok(ScanOutcome::Recorded(judged.into_recorded(&scan)))
             }
 
-            /// Returns the first scan when `error` says that a retry of it
-            /// raced this one and won. The scanner needs no check here: the
+            /// Returns the first scan when `error` is the unique violation of
+            /// a retry of it that raced this one and won. The scanner needs no check here: the
             /// insert that failed runs only for a confirmed scanner.
             async fn first_of_raced_retry(
                 &self,
