@@ -127,31 +127,30 @@ impl RoleReadError {
     }
 }
 
-async fn read_role_privileges(url: &SecretString) -> Result<RolePrivileges, RoleReadError> {
+/// Connects to the PostgreSQL database in `url`. The error names the
+/// problem without the URL or its password.
+pub(super) async fn connect(url: &SecretString) -> Result<sqlx::PgConnection, String> {
     use sqlx::Connection;
     use std::str::FromStr;
 
     let url_text = url.expose_secret();
     let options = sqlx::postgres::PgConnectOptions::from_str(url_text)
-        .map_err(|error| RoleReadError::Unreachable(redact(&error.to_string(), url_text)))?;
-    let mut connection =
-        match tokio::time::timeout(CONNECT_TIMEOUT, sqlx::PgConnection::connect_with(&options))
-            .await
-        {
-            Ok(Ok(connection)) => connection,
-            Ok(Err(error)) => {
-                return Err(RoleReadError::Unreachable(redact(
-                    &error.to_string(),
-                    url_text,
-                )));
-            }
-            Err(_) => {
-                return Err(RoleReadError::Unreachable(format!(
-                    "timed out after {} seconds",
-                    CONNECT_TIMEOUT.as_secs()
-                )));
-            }
-        };
+        .map_err(|error| redact(&error.to_string(), url_text))?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, sqlx::PgConnection::connect_with(&options)).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(error)) => Err(redact(&error.to_string(), url_text)),
+        Err(_) => Err(format!(
+            "timed out after {} seconds",
+            CONNECT_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+async fn read_role_privileges(url: &SecretString) -> Result<RolePrivileges, RoleReadError> {
+    use sqlx::Connection;
+
+    let url_text = url.expose_secret();
+    let mut connection = connect(url).await.map_err(RoleReadError::Unreachable)?;
 
     let privileges = query_role_privileges(&mut connection)
         .await
@@ -210,7 +209,7 @@ async fn query_role_privileges(
 }
 
 /// Removes the database URL and its password from an error message.
-fn redact(message: &str, url: &str) -> String {
+pub(super) fn redact(message: &str, url: &str) -> String {
     let mut text = message.replace(url, "[DATABASE_URL]");
     if let Some(password) = url_password(url) {
         text = text.replace(password, "[password]");

@@ -5,6 +5,7 @@
 //! No finding contains a secret, a password or a database URL.
 
 mod database_role;
+mod database_statistics;
 
 use std::fmt;
 
@@ -111,6 +112,7 @@ pub async fn run(variables: &Variables, instances: u32) -> Vec<Finding> {
     findings.push(shared_database(&config, instances));
     findings.push(shared_rate_limits(&config, instances));
     findings.push(database_role::audit_tables_protected(&config.database).await);
+    findings.push(database_statistics::statistics_kept(&config.database).await);
     findings.push(security_alerts(&config));
     findings
 }
@@ -487,7 +489,7 @@ mod tests {
             .map(ToString::to_string)
             .collect();
         assert!(failed.is_empty(), "failed: {failed:#?}");
-        assert_eq!(findings.len(), 13, "items: {findings:#?}");
+        assert_eq!(findings.len(), 14, "items: {findings:#?}");
     }
 
     #[tokio::test]
