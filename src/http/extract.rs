@@ -100,7 +100,7 @@ fn verified_token(parts: &Parts, state: &AppState) -> Result<VerifiedToken, ApiE
 
 /// Loads the user `id`, or rejects the token when the user is gone or
 /// inactive.
-async fn active_user(state: &AppState, id: Uuid) -> Result<UserRecord, ApiError> {
+pub async fn active_user(state: &AppState, id: Uuid) -> Result<UserRecord, ApiError> {
     state
         .store
         .user(id)

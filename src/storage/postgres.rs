@@ -125,11 +125,11 @@ impl PostgresStore {
     /// changed since. That takes two round trips where the locked path
     /// takes four, and most scans need no more. The write also confirms the
     /// scanner, so the scan route needs no user look-up of its own.
+    ///
     /// Returns `None`, having written nothing, when the scan must take the
-    /// locked path instead:
-    /// another scan of the cylinder came in between, or the scan is
-    /// suspicious, because flagging the cylinder takes more statements
-    /// than one.
+    /// locked path instead: another scan of the cylinder came in between,
+    /// or the scan is suspicious, because flagging the cylinder takes more
+    /// statements than one.
     async fn record_scan_unlocked(
         &self,
         scan: &super::ScanInput,
@@ -149,7 +149,11 @@ impl PostgresStore {
         if judged.suspicious_reason.is_some() {
             return Ok(None);
         }
-        match self.write_scan(&mut connection, &judged.write(scan)).await {
+        let written = self.write_scan(&mut connection, &judged.write(scan)).await;
+        // A raced retry's first scan is read through the pool, so this
+        // connection goes back first.
+        drop(connection);
+        match written {
             Ok(ScanWritten::Written) => Ok(Some(super::ScanOutcome::Recorded(
                 judged.into_recorded(scan),
             ))),

@@ -1376,7 +1376,7 @@ async fn changed_role_token_records_nothing(backend: Backend) {
     let id = text_of(&cylinder, "id");
     let (driver, driver_token) = app.user_with_token("wanjiru", Role::Driver).await;
 
-    // A driver who becomes a customer keeps a token that says driver.
+    // A driver who becomes a customer keeps a token with the driver role.
     change_user(&app, driver.id, json!({"role": "CUSTOMER"})).await;
     let (status, body) = app.post(SCANS, &driver_token, qr_scan(&cylinder)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");

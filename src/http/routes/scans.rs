@@ -19,7 +19,7 @@ use crate::domain::value::{Address, Notes};
 use crate::http::AppState;
 use crate::http::client::Client;
 use crate::http::error::{ApiError, ErrorBody};
-use crate::http::extract::{ApiQuery, CurrentUser, JsonBody, PathId, TokenUser};
+use crate::http::extract::{ApiQuery, CurrentUser, JsonBody, PathId, TokenUser, active_user};
 use crate::http::quota;
 use crate::storage::{
     Actor, CodeReissue, RecordedScan, ScanDraft, ScanInput, ScanOutcome, ScanRecord, Scope,
@@ -302,11 +302,11 @@ pub async fn scan(
 /// Rejects the token of `scanner` unless the account is active with the
 /// token's role.
 async fn confirm_scanner(state: &AppState, scanner: Actor) -> Result<(), ApiError> {
-    let user = state.store.user(scanner.user_id).await?;
-    match user {
-        Some(user) if user.is_active && user.role == scanner.role => Ok(()),
-        _ => Err(ApiError::InvalidToken),
+    let user = active_user(state, scanner.user_id).await?;
+    if user.role != scanner.role {
+        return Err(ApiError::InvalidToken);
     }
+    Ok(())
 }
 
 /// Returns, for a retry, the response of the first scan under its client
