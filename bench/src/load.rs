@@ -1,13 +1,21 @@
 //! The load generator: concurrent workers posting realistic scans, each
 //! latency recorded in an HDR histogram.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use bytes::Bytes;
 use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper::client::conn::http1;
+use hyper::header::{self, HeaderValue};
+use hyper_util::rt::TokioIo;
 use serde::Serialize;
+use tokio::net::TcpStream;
 
 use crate::Args;
 use crate::report::Stat;
@@ -135,8 +143,9 @@ pub struct Level {
 /// The scans that the load generator sends, numbered across all
 /// concurrency levels so that each level goes on where the last stopped.
 pub struct Workload {
-    base_url: String,
-    tokens: Vec<String>,
+    address: SocketAddr,
+    host: HeaderValue,
+    bearers: Vec<HeaderValue>,
     codes: Vec<String>,
     counter: AtomicU64,
     start: chrono::DateTime<chrono::Utc>,
@@ -144,21 +153,31 @@ pub struct Workload {
 }
 
 impl Workload {
-    pub fn new(args: &Args, server: &Server, tokens: &[String], codes: &[String]) -> Arc<Self> {
-        Arc::new(Self {
-            base_url: server.base_url.clone(),
-            tokens: tokens.to_vec(),
+    pub fn new(
+        args: &Args,
+        server: &Server,
+        tokens: &[String],
+        codes: &[String],
+    ) -> anyhow::Result<Arc<Self>> {
+        let bearers = tokens
+            .iter()
+            .map(|token| HeaderValue::from_str(&format!("Bearer {token}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Arc::new(Self {
+            address: server.address,
+            host: HeaderValue::from_str(&server.address.to_string())?,
+            bearers,
             codes: codes.to_vec(),
             counter: AtomicU64::new(0),
             start: chrono::Utc::now() - chrono::Duration::days(LOAD_START_DAYS_AGO),
             unknown_percent: args.unknown_percent,
-        })
+        }))
     }
 
     /// Builds the body of the scan with sequence number `number`: cylinders are
     /// visited in a scattered order, each at its own place near Nairobi,
     /// with a small share of unknown codes.
-    fn body(&self, number: u64) -> serde_json::Value {
+    fn body(&self, number: u64) -> anyhow::Result<Vec<u8>> {
         let count = self.codes.len() as u64;
         let index = (number.wrapping_mul(2_654_435_761) % count) as usize;
         if number / count == MAX_ROUNDS && number.is_multiple_of(count) {
@@ -170,52 +189,97 @@ impl Workload {
         let round = (number / count) % MAX_ROUNDS;
         let scanned_at =
             self.start + chrono::Duration::minutes(round as i64 * ROUND_SPACING_MINUTES);
+        let unknown;
         let code = if number % 100 < self.unknown_percent {
-            format!("CYL-UNKNOWN{number:014X}")
+            unknown = format!("CYL-UNKNOWN{number:014X}");
+            &unknown
         } else {
-            self.codes[index].clone()
+            &self.codes[index]
         };
-        serde_json::json!({
-            "code": code,
-            "scan_type": "QR",
-            "latitude": -1.28 + ((index * 31) % 200) as f64 * 0.0005,
-            "longitude": 36.82 + ((index * 17) % 200) as f64 * 0.0005,
-            "accuracy_m": 15.0,
-            "scanned_at": scanned_at,
-            "client_scan_id": format!("bench-{number}"),
-        })
+        let body = ScanBody {
+            code,
+            scan_type: "QR",
+            latitude: -1.28 + ((index * 31) % 200) as f64 * 0.0005,
+            longitude: 36.82 + ((index * 17) % 200) as f64 * 0.0005,
+            accuracy_m: 15.0,
+            scanned_at,
+            client_scan_id: format!("bench-{number}"),
+        };
+        Ok(serde_json::to_vec(&body)?)
     }
 }
 
-/// Builds an HTTP client that keeps one connection alive per worker.
-pub fn client(connections: usize) -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .pool_max_idle_per_host(connections)
-        .build()?)
+/// The JSON body of one scan, as a phone sends it.
+#[derive(Serialize)]
+struct ScanBody<'a> {
+    code: &'a str,
+    scan_type: &'static str,
+    latitude: f64,
+    longitude: f64,
+    accuracy_m: f64,
+    scanned_at: chrono::DateTime<chrono::Utc>,
+    client_scan_id: String,
+}
+
+/// One worker's HTTP/1.1 connection to the server, kept alive across
+/// requests the way pgbench keeps one database connection per client. It
+/// is lighter on the shared CPU than a pooled client, so that the load
+/// generator takes as little as possible from the server it measures.
+struct Connection {
+    sender: http1::SendRequest<Full<Bytes>>,
+}
+
+impl Connection {
+    async fn open(address: SocketAddr) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+        // Ends when the server closes the connection or the sender is dropped.
+        tokio::spawn(connection);
+        Ok(Self { sender })
+    }
+
+    /// Posts one scan, reads the whole response and returns whether the scan
+    /// succeeded.
+    async fn post_scan(
+        &mut self,
+        workload: &Workload,
+        bearer: &HeaderValue,
+        body: Vec<u8>,
+    ) -> anyhow::Result<bool> {
+        let request = Request::post("/api/v1/scans")
+            .header(header::HOST, &workload.host)
+            .header(header::AUTHORIZATION, bearer)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))?;
+        self.sender.ready().await?;
+        let response = self.sender.send_request(request).await?;
+        let status = response.status();
+        response.into_body().collect().await?;
+        Ok(status.is_success())
+    }
 }
 
 /// Sends scans for the warm-up time and discards their latencies.
 pub async fn warm_up(
     args: &Args,
-    client: &reqwest::Client,
     workload: &Arc<Workload>,
     connections: usize,
 ) -> anyhow::Result<()> {
     let warmup = Duration::from_secs(args.warmup);
-    drive(client, workload, connections, warmup).await?;
+    drive(workload, connections, warmup).await?;
     Ok(())
 }
 
 /// Measures one run of `connections` workers.
 pub async fn run_once(
     args: &Args,
-    client: &reqwest::Client,
     workload: &Arc<Workload>,
     connections: usize,
 ) -> anyhow::Result<Run> {
     let started = Instant::now();
     let duration = Duration::from_secs(args.duration);
-    let (histogram, errors) = drive(client, workload, connections, duration).await?;
+    let (histogram, errors) = drive(workload, connections, duration).await?;
     let elapsed = started.elapsed().as_secs_f64();
     let millis = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1000.0;
     Ok(Run {
@@ -245,10 +309,10 @@ impl Level {
     }
 }
 
-/// Runs `connections` workers for `duration` and merges their latencies,
-/// in microseconds, of successful scans; failed requests are counted.
+/// Runs `connections` workers for `duration`, each on its own connection,
+/// and merges their latencies, in microseconds, of successful scans. Failed
+/// requests are counted, and a worker whose connection broke opens a new one.
 async fn drive(
-    client: &reqwest::Client,
     workload: &Arc<Workload>,
     connections: usize,
     duration: Duration,
@@ -256,33 +320,23 @@ async fn drive(
     let deadline = Instant::now() + duration;
     let mut workers = Vec::new();
     for worker in 0..connections {
-        let (client, workload) = (client.clone(), workload.clone());
+        let workload = workload.clone();
         workers.push(tokio::spawn(async move {
             let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
             let mut errors = 0u64;
-            let token = &workload.tokens[worker % workload.tokens.len()];
+            let bearer = &workload.bearers[worker % workload.bearers.len()];
+            let mut connection = Connection::open(workload.address).await?;
             while Instant::now() < deadline {
                 let number = workload.counter.fetch_add(1, Ordering::Relaxed);
-                let body = workload.body(number);
+                let body = workload.body(number)?;
                 let sent = Instant::now();
-                let response = client
-                    .post(format!("{}/api/v1/scans", workload.base_url))
-                    .bearer_auth(token)
-                    .json(&body)
-                    .send()
-                    .await;
-                let ok = match response {
-                    Ok(response) => {
-                        let status = response.status();
-                        let _ = response.bytes().await;
-                        status.is_success()
+                match connection.post_scan(&workload, bearer, body).await {
+                    Ok(true) => histogram.record(sent.elapsed().as_micros().max(1) as u64)?,
+                    Ok(false) => errors += 1,
+                    Err(_) => {
+                        errors += 1;
+                        connection = Connection::open(workload.address).await?;
                     }
-                    Err(_) => false,
-                };
-                if ok {
-                    histogram.record(sent.elapsed().as_micros().max(1) as u64)?;
-                } else {
-                    errors += 1;
                 }
             }
             anyhow::Ok((histogram, errors))

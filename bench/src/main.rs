@@ -158,20 +158,19 @@ async fn run(
             read.read, read.median_ms, read.max_ms, read.requests
         );
     }
-    let workload = load::Workload::new(args, &server, &tokens, &seeded.codes);
+    let workload = load::Workload::new(args, &server, &tokens, &seeded.codes)?;
     // The machine's speed drifts over minutes, so each service run is
     // followed at once by a floor run, and the two are compared in pairs.
     let mut levels = Vec::new();
     let mut floors = Vec::new();
     for &connections in &args.concurrency {
-        let client = load::client(connections)?;
         database.settle(args).await;
-        load::warm_up(args, &client, &workload, connections).await?;
+        load::warm_up(args, &workload, connections).await?;
         let mut runs = Vec::new();
         let mut floor_runs = Vec::new();
         for _ in 0..args.runs {
             database.settle(args).await;
-            runs.push(load::run_once(args, &client, &workload, connections).await?);
+            runs.push(load::run_once(args, &workload, connections).await?);
             if !args.no_floor {
                 database.settle(args).await;
                 let floor = floor::run_once(args, database, &seeded, connections)

@@ -1,6 +1,7 @@
 //! The cyltrack server under test, run as its own process so that its
 //! memory can be read from /proc.
 
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use crate::seed::{Database, JWT_SECRET_KEY, SECRET_KEY};
 
 pub struct Server {
     child: Child,
+    pub address: SocketAddr,
     pub base_url: String,
 }
 
@@ -43,9 +45,11 @@ impl Server {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("cannot start {}", args.server.display()))?;
+        let address = SocketAddr::from(([127, 0, 0, 1], port));
         let server = Self {
             child,
-            base_url: format!("http://127.0.0.1:{port}"),
+            address,
+            base_url: format!("http://{address}"),
         };
 
         let client = reqwest::Client::new();
