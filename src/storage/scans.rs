@@ -163,12 +163,24 @@ macro_rules! impl_scan_store {
                 policy: &$crate::domain::scan::TamperPolicy,
                 respond: $crate::storage::ScanResponder<'_>,
             ) -> $crate::storage::StoreResult<$crate::storage::ScanOutcome> {
-                use $crate::storage::models::ScanWritten;
-                use $crate::storage::{ScanOutcome, StoreError};
-
-                if let Some(outcome) = self.record_scan_unlocked(&scan, policy, respond).await? {
+                // Each path runs as its own boxed future. Inline, both would
+                // sit in this future, and every move of it would copy them.
+                if let Some(outcome) = Box::pin(self.record_scan_unlocked(&scan, policy, respond)).await? {
                     return Ok(outcome);
                 }
+                Box::pin(self.record_scan_locked(scan, policy, respond)).await
+            }
+
+            /// Records a scan with its cylinder locked from the read to the
+            /// commit.
+            async fn record_scan_locked(
+                &self,
+                scan: $crate::storage::ScanInput,
+                policy: &$crate::domain::scan::TamperPolicy,
+                respond: $crate::storage::ScanResponder<'_>,
+            ) -> $crate::storage::StoreResult<$crate::storage::ScanOutcome> {
+                use $crate::storage::models::ScanWritten;
+                use $crate::storage::{ScanOutcome, StoreError};
 
                 let mut tx = self.begin_write().await?;
                 let judged = self.judge_scan(&mut tx, &Self::CYLINDER_LOCKS, &scan, policy, respond).await?;

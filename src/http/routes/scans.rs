@@ -4,7 +4,8 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -167,23 +168,64 @@ fn draft_response(draft: &ScanDraft<'_>, role: Role) -> ScanResponse {
     }
 }
 
-/// Adds the auth token to a stored response when the scan was VALID. The
-/// token is computed again, not stored, and is the same on every retry.
-fn with_token(state: &AppState, scan: &RecordedScan) -> Result<serde_json::Value, ApiError> {
-    let mut body: serde_json::Value = serde_json::from_str(&scan.response).map_err(|error| {
-        ApiError::internal(anyhow::anyhow!("stored scan response is not JSON: {error}"))
-    })?;
-    if let (ScanResult::Valid, Some(secret), Some(cylinder_id)) =
-        (scan.result, &scan.token_key, scan.cylinder_id)
-    {
-        let token = scan_token::issue(secret, scan.id, cylinder_id, scan.received_at);
-        let lifetime = Duration::seconds(state.config.scan_token_lifetime.as_secs() as i64);
-        let issued =
-            DateTime::from_timestamp(scan.received_at.timestamp(), 0).unwrap_or(scan.received_at);
-        body["auth_token"] = serde_json::json!(token);
-        body["auth_token_expires_at"] = serde_json::json!(issued + lifetime);
+/// Returns the stored response of `scan` as the body to send, with the
+/// auth token added when the scan was VALID. The token is computed again,
+/// not stored, and is the same on every retry.
+fn with_token(state: &AppState, scan: &RecordedScan) -> Result<String, ApiError> {
+    let token_fields = match (scan.result, &scan.token_key, scan.cylinder_id) {
+        (ScanResult::Valid, Some(secret), Some(cylinder_id)) => {
+            let token = scan_token::issue(secret, scan.id, cylinder_id, scan.received_at);
+            let lifetime = Duration::seconds(state.config.scan_token_lifetime.as_secs() as i64);
+            let issued = DateTime::from_timestamp(scan.received_at.timestamp(), 0)
+                .unwrap_or(scan.received_at);
+            Some((token, issued + lifetime))
+        }
+        _ => None,
+    };
+    let Some((token, expires_at)) = token_fields else {
+        return Ok(scan.response.clone());
+    };
+    append_token(&scan.response, &token, expires_at).ok_or_else(|| {
+        ApiError::internal(anyhow::anyhow!(
+            "stored response of scan {} is not a JSON object",
+            scan.id
+        ))
+    })
+}
+
+/// Appends `auth_token` and `auth_token_expires_at` to `stored`, a JSON
+/// object written by [`draft_response`], which never has these fields.
+/// Appending to the text saves parsing the object into a tree and writing
+/// it out again, on every VALID scan.
+fn append_token(stored: &str, token: &str, expires_at: DateTime<Utc>) -> Option<String> {
+    let fields = stored.strip_prefix('{')?.strip_suffix('}')?;
+    let token = serde_json::to_string(token).ok()?;
+    let expires_at = serde_json::to_string(&expires_at).ok()?;
+    let mut body = String::with_capacity(stored.len() + token.len() + expires_at.len() + 40);
+    body.push('{');
+    body.push_str(fields);
+    if !fields.trim().is_empty() {
+        body.push(',');
     }
-    Ok(body)
+    body.push_str("\"auth_token\":");
+    body.push_str(&token);
+    body.push_str(",\"auth_token_expires_at\":");
+    body.push_str(&expires_at);
+    body.push('}');
+    Some(body)
+}
+
+/// Builds a scan's response from a JSON body already written as text.
+fn json_response(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 #[utoipa::path(
@@ -205,7 +247,7 @@ pub async fn scan(
     client: Client,
     headers: HeaderMap,
     body: JsonBody,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<Response, ApiError> {
     let grant = caller.grant(Action::ScanCylinder, "scan cylinders")?;
     let request: ScanRequest = body.decode()?;
     let now = Utc::now();
@@ -296,7 +338,10 @@ pub async fn scan(
         tracing::warn!(scan_id = %scan.id, cylinder_id = ?scan.cylinder_id, "security: suspicious scan, cylinder flagged as tampered");
     }
     tracing::info!(scan_id = %scan.id, result = scan.result.as_str(), "scan recorded");
-    Ok((StatusCode::CREATED, Json(with_token(&state, &scan)?)))
+    Ok(json_response(
+        StatusCode::CREATED,
+        with_token(&state, &scan)?,
+    ))
 }
 
 /// Rejects the token of `scanner` unless the account is active with the
@@ -311,11 +356,7 @@ async fn confirm_scanner(state: &AppState, scanner: Actor) -> Result<(), ApiErro
 
 /// Returns, for a retry, the response of the first scan under its client
 /// scan id, or 409 when that scan was of another code.
-fn replayed(
-    state: &AppState,
-    first: RecordedScan,
-    raw_code: &str,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+fn replayed(state: &AppState, first: RecordedScan, raw_code: &str) -> Result<Response, ApiError> {
     if first.scanned_code != raw_code {
         return Err(ApiError::Conflict {
             code: "client_scan_id_reused",
@@ -325,7 +366,7 @@ fn replayed(
             field: Some("client_scan_id"),
         });
     }
-    Ok((StatusCode::OK, Json(with_token(state, &first)?)))
+    Ok(json_response(StatusCode::OK, with_token(state, &first)?))
 }
 
 #[utoipa::path(
@@ -657,4 +698,47 @@ pub async fn reissue_codes(
         current.user.role,
         Utc::now().date_naive(),
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expiry() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).expect("a valid time")
+    }
+
+    #[test]
+    fn appended_token_fields_keep_the_stored_ones() {
+        let stored = serde_json::json!({
+            "scan_id": "0190f2a4-0000-7000-8000-000000000001",
+            "message": "Genuine cylinder. \"Quoted\" and \\ kept",
+            "warnings": ["one", "two"],
+            "cylinder": {"serial_number": "KE-1", "status": "FILLED"},
+        });
+        let body = append_token(&stored.to_string(), "tok\"en", expiry()).expect("an object");
+
+        let mut expected = stored;
+        expected["auth_token"] = serde_json::json!("tok\"en");
+        expected["auth_token_expires_at"] = serde_json::json!(expiry());
+        let parsed: serde_json::Value = serde_json::from_str(&body).expect("valid JSON");
+        assert_eq!(parsed, expected);
+    }
+
+    #[test]
+    fn token_fields_go_into_an_empty_object() {
+        let body = append_token("{}", "token", expiry()).expect("an object");
+        let parsed: serde_json::Value = serde_json::from_str(&body).expect("valid JSON");
+        assert_eq!(
+            parsed,
+            serde_json::json!({"auth_token": "token", "auth_token_expires_at": expiry()})
+        );
+    }
+
+    #[test]
+    fn non_object_gets_no_token() {
+        for stored in ["", "[]", "\"text\"", "{\"open\": 1"] {
+            assert_eq!(append_token(stored, "token", expiry()), None, "{stored}");
+        }
+    }
 }
