@@ -278,6 +278,13 @@ fn json_error(bytes: &[u8], path: &str, error: &serde_json::Error) -> ApiError {
         Category::Syntax if path != "." && !path.contains('?') && well_formed() => {
             ApiError::invalid(path, "has the wrong type: expected a string")
         }
+        // A number too large for a double, such as 1e400, is well formed
+        // JSON that serde_json rejects as a syntax error.
+        Category::Syntax
+            if path != "." && !path.contains('?') && message.starts_with("number out of range") =>
+        {
+            ApiError::invalid(path, "is out of range for a number")
+        }
         Category::Syntax | Category::Eof | Category::Io => {
             ApiError::MalformedJson(format!("the request body is not valid JSON: {message}"))
         }
@@ -470,6 +477,14 @@ mod tests {
         );
         assert_eq!(
             field_of(r#"{"name":"a","count":-1}"#).as_deref(),
+            Some("count")
+        );
+    }
+
+    #[test]
+    fn huge_number_names_its_field() {
+        assert_eq!(
+            field_of(r#"{"name":"a","count":1e400}"#).as_deref(),
             Some("count")
         );
     }

@@ -74,8 +74,9 @@ pub struct CreateUserRequest {
 }
 
 /// Changes to a user; absent fields stay as they are. `email` and `phone`
-/// may be `null` to clear them. Deactivating a user or setting a new
-/// password ends all of that user's sessions.
+/// may be `null` to clear them. Deactivating a user ends all of that user's
+/// sessions at once. A new password revokes the user's refresh tokens, and
+/// access tokens issued before it work until they expire.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUserRequest {
