@@ -223,8 +223,8 @@ struct ScanBody<'a> {
 
 /// One worker's HTTP/1.1 connection to the server, kept alive across
 /// requests the way pgbench keeps one database connection per client. It
-/// is lighter on the shared CPU than a pooled client, so that the load
-/// generator takes as little as possible from the server it measures.
+/// costs less CPU than the pooled reqwest client it replaced, and the
+/// server being measured shares that CPU.
 struct Connection {
     sender: http1::SendRequest<Full<Bytes>>,
 }

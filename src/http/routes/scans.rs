@@ -709,7 +709,7 @@ mod tests {
     }
 
     #[test]
-    fn appended_token_fields_keep_the_stored_ones() {
+    fn appended_token_keeps_stored_fields() {
         let stored = serde_json::json!({
             "scan_id": "0190f2a4-0000-7000-8000-000000000001",
             "message": "Genuine cylinder. \"Quoted\" and \\ kept",
@@ -726,7 +726,7 @@ mod tests {
     }
 
     #[test]
-    fn token_fields_go_into_an_empty_object() {
+    fn token_fields_fill_empty_object() {
         let body = append_token("{}", "token", expiry()).expect("an object");
         let parsed: serde_json::Value = serde_json::from_str(&body).expect("valid JSON");
         assert_eq!(
